@@ -1,0 +1,31 @@
+"""``snnmon``: the command line. ``serve`` runs the HTTP service, ``train`` trains in the foreground,
+``data`` prepares an offline data directory. Each subcommand imports its package only when chosen, so
+``snnmon serve`` never imports torch in the server process before it needs to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainer import console, mnist
+    from service import settings
+
+    parser = argparse.ArgumentParser(prog="snnmon", description="SNN Training Monitor")
+    sub = parser.add_subparsers(dest="command", required=True)
+    settings.add_serve_parser(sub)
+    console.add_train_parser(sub)
+    mnist.add_data_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

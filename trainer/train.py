@@ -1,0 +1,161 @@
+"""The training loop: config, data, model, optimiser, train, validate, report.
+
+Reads top to bottom like nanoGPT's ``train.py``. Everything it reports goes through one callback,
+``emit(event, data)``, with exactly the events and fields of the design's SSE table (config, batch,
+epoch, completed, stopped, error); ``should_stop()`` is checked between batches, in training and in
+validation. The caller (CLI or worker process) decides where events go.
+
+Loss: cross-entropy on the output spike counts (Σ_t s_t, shape [B, 10]); accuracy: argmax of the counts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from trainer import data as datasets
+from trainer.config import TrainConfig
+from trainer.models import build_model
+
+Emit = Callable[[str, dict], None]
+BATCH_EVENT_INTERVAL_S = 0.1  # at most about 10 batch events a second: enough for a live progress bar
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when should_stop() turns true; caught once, in ``train``."""
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite; the run ends with an error event (never a NaN in JSON)."""
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' is the first GPU when CUDA is present, else the CPU; anything else is taken as given."""
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        return "cuda:0"
+    return requested
+
+
+def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lambda: False, *,
+          device: str | None = None, data_dir=None, allow_download: bool = True,
+          job_id: str | None = None) -> str:
+    """Train ``config`` to the end, a stop or an error; return the terminal event's name."""
+    started = time.perf_counter()
+    config = config.with_seed()
+    device = resolve_device(device or config.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        emit("error", {"message": f"device {device} requested but CUDA is not available on this machine"})
+        return "error"
+    torch.manual_seed(config.seed)
+    shuffle_gen = torch.Generator().manual_seed(config.seed)
+    encode_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+
+    # -- data: whole uint8 tensors on the device, batches by indexing
+    bundle = datasets.load_data(config, data_dir=data_dir, device=device, allow_download=allow_download)
+
+    # -- model and optimiser
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    layers = model.spiking_layers()
+    config_event = {
+        "job_id": job_id, "device": device, "dataset": bundle.name,
+        "n_train": bundle.n_train, "n_val": bundle.n_val,
+        "architecture": model.architecture(), "model_info": model.model_info(),
+        "config": config.to_dict(), "seed": config.seed,
+    }
+    if bundle.warning:
+        config_event["warning"] = bundle.warning
+    emit("config", config_event)
+
+    def model_input(images: torch.Tensor) -> torch.Tensor:
+        # direct: [B, 1, 28, 28] normalised; rate: [T, B, 1, 28, 28] spikes
+        return datasets.encode(images, config.encoding, config.timesteps, bundle.mean, bundle.std, encode_gen)
+
+    def check_stop(epoch: int) -> None:
+        if should_stop():
+            raise StopRequested(epoch)
+
+    n_train_batches = datasets.n_batches(bundle.n_train, config.batch_size)
+    epoch = 0
+    last = {}
+    try:
+        for epoch in range(config.epochs):
+            # -- train one epoch
+            epoch_start = time.perf_counter()
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            rate_sums = {key: torch.zeros((), device=device) for key in layers}
+            last_emit = 0.0
+            batches = datasets.iterate_batches(bundle.train_images, bundle.train_labels, config.batch_size,
+                                               shuffle=True, generator=shuffle_gen)
+            for batch_index, (images, labels) in enumerate(batches):
+                check_stop(epoch)
+                counts = model(model_input(images)).sum(0)  # [B, 10] spike counts over T
+                loss = F.cross_entropy(counts, labels)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLoss(f"loss became {loss_value} at epoch {epoch}, batch {batch_index}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+                batch_size = labels.shape[0]
+                loss_sum += loss_value * batch_size
+                correct += int((counts.argmax(1) == labels).sum())
+                seen += batch_size
+                for key, cell in layers.items():
+                    rate_sums[key] += cell.last_spike_rate * batch_size
+                now = time.perf_counter()
+                if now - last_emit >= BATCH_EVENT_INTERVAL_S or batch_index + 1 == n_train_batches:
+                    last_emit = now
+                    emit("batch", {
+                        "epoch": epoch, "batch": batch_index, "n_batches": n_train_batches,
+                        "loss": loss_sum / seen, "accuracy": correct / seen,
+                        "samples_per_s": seen / max(now - epoch_start, 1e-9),
+                    })
+            train_loss, train_accuracy = loss_sum / seen, correct / seen
+
+            # -- validate
+            val_loss, val_accuracy = evaluate(model, bundle, config, model_input, lambda: check_stop(epoch))
+            last = {
+                "train_loss": train_loss, "val_loss": val_loss,
+                "train_accuracy": train_accuracy, "val_accuracy": val_accuracy,
+            }
+            emit("epoch", {
+                "epoch": epoch, **last,
+                "layer_spike_rates": {key: float(total) / seen for key, total in rate_sums.items()},
+                "param_snapshot": model.param_snapshot(),
+                "epoch_s": time.perf_counter() - epoch_start,
+            })
+    except StopRequested:
+        emit("stopped", {"epoch": epoch, "forced": False})
+        return "stopped"
+    except NonFiniteLoss as exc:
+        emit("error", {"message": f"{exc}; try a lower learning rate"})
+        return "error"
+
+    emit("completed", {**last, "epochs": config.epochs, "duration_s": time.perf_counter() - started})
+    return "completed"
+
+
+@torch.no_grad()
+def evaluate(model, bundle: datasets.DataBundle, config: TrainConfig, model_input, between_batches) -> tuple[float, float]:
+    """Mean loss and accuracy over the validation set; calls ``between_batches()`` before each batch."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for images, labels in datasets.iterate_batches(bundle.val_images, bundle.val_labels,
+                                                   max(config.batch_size, 256), shuffle=False):
+        between_batches()
+        counts = model(model_input(images)).sum(0)
+        loss_sum += float(F.cross_entropy(counts, labels, reduction="sum"))
+        correct += int((counts.argmax(1) == labels).sum())
+    loss = loss_sum / bundle.n_val
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"validation loss became {loss}")
+    return loss, correct / bundle.n_val
