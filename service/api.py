@@ -1,0 +1,95 @@
+"""The JSON endpoints under ``/api/training/``: catalog, config schema, start, stop, status, jobs.
+
+Handlers raise ``service.errors``; the app's one middleware turns those into JSON error responses.
+Request bodies are parsed whatever their Content-Type (``curl -d`` sends form-encoded), and must be
+JSON objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.errors import BadRequest, InvalidJSON, PayloadTooLarge
+from service.jobs import JobManager
+from service.settings import Settings
+from trainer import catalog
+from trainer import config as train_config
+
+SETTINGS = web.AppKey("settings", Settings)
+JOB_MANAGER = web.AppKey("job_manager", JobManager)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes", limit=limit) from None
+    if not raw.strip():
+        raise InvalidJSON("request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+
+
+async def surrogates(request: web.Request) -> web.Response:
+    return json_response([{**spec.as_dict(), "available": True} for spec in catalog.SURROGATES])
+
+
+async def cell_types(request: web.Request) -> web.Response:
+    """Cells first, then networks; every one listed is implemented (a trainer test checks it)."""
+    specs = (*catalog.CELLS, *catalog.NETWORKS)
+    return json_response([{**spec.as_dict(), "available": True} for spec in specs])
+
+
+async def config_schema(request: web.Request) -> web.Response:
+    return json_response(train_config.schema())
+
+
+async def start(request: web.Request) -> web.Response:
+    record = request.app[JOB_MANAGER].submit(await read_json(request))
+    return json_response({"job_id": record.job_id, "status": record.status}, status=202)
+
+
+async def stop(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest('body must be a JSON object: {"job_id": "..."}',
+                         fields={"body": "must be a JSON object"})
+    fields = {str(key): "unknown field; allowed: job_id" for key in body if key != "job_id"}
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        fields["job_id"] = "required: the job id string that /start returned"
+    if fields:
+        raise BadRequest("; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
+    record = request.app[JOB_MANAGER].stop(job_id)
+    return json_response({"job_id": record.job_id, "status": record.status})
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(request.app[JOB_MANAGER].record(request.match_info["job_id"]).to_dict())
+
+
+async def jobs(request: web.Request) -> web.Response:
+    """Every job record, newest first."""
+    return json_response([record.to_dict() for record in request.app[JOB_MANAGER].records()])
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/training/surrogates", surrogates),
+        web.get("/api/training/cell-types", cell_types),
+        web.get("/api/training/config-schema", config_schema),
+        web.post("/api/training/start", start),
+        web.post("/api/training/stop", stop),
+        web.get("/api/training/status/{job_id}", status),
+        web.get("/api/training/jobs", jobs),
+    ]

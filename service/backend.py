@@ -1,0 +1,196 @@
+"""The process backend: one spawned worker process per job, behind a narrow seam.
+
+The job manager only ever sees ``Backend.submit(spec) -> JobHandle`` and the handle's
+``events()`` / ``request_stop()`` / ``terminate()`` / ``kill()`` / ``wait()``; a backend that runs jobs
+on other machines implements the same two protocols.
+
+``ProcessBackend`` (server process, event-loop thread): each job is a ``torch.multiprocessing`` spawn
+process running ``trainer.worker.run_job``, which makes itself a process-group leader, so a signal to
+the group reaches anything it started. Events arrive on an ``mp.Queue``; the loop watches the queue's
+reader fd and the process sentinel with ``add_reader``, so no thread polls per job. When the sentinel
+fires, the queue is drained before the process is joined (a worker blocked on a full pipe never exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import queue as queue_module
+import signal
+from dataclasses import asdict, dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from trainer import worker
+
+log = logging.getLogger("snnmon.backend")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs, all plain values (it is pickled into the spawned process)."""
+
+    job_id: str
+    config: dict[str, Any]  # TrainConfig.to_dict(), with a concrete seed
+    device: str  # "cpu" or "cuda:N"
+    cpu_threads: int
+    data_dir: str | None
+    allow_download: bool
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None  # the process exit code; -N when killed by signal N
+
+    def describe(self) -> str:
+        """One line for a job that ended without reporting a result."""
+        if self.code is None:
+            return "worker process ended in an unknown state"
+        if self.code < 0:
+            try:
+                name = signal.Signals(-self.code).name
+            except ValueError:
+                name = f"signal {-self.code}"
+            hint = " (out of memory, or killed from outside)" if self.code == -signal.SIGKILL else ""
+            return f"worker process was killed by {name}{hint} before reporting a result"
+        return f"worker process exited with code {self.code} before reporting a result"
+
+
+class JobHandle(Protocol):
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The worker's events as sent; ends once the job's process is gone and every event is read."""
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop at its next batch."""
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def wait(self) -> ExitStatus: ...
+
+
+class Backend(Protocol):
+    def warm_up(self) -> None:
+        """Begin any slow set-up now (called at server start), so the first submit is quick."""
+
+    async def submit(self, spec: JobSpec) -> JobHandle: ...
+
+
+class ProcessHandle:
+    """One worker process; created and used in the server's event-loop thread."""
+
+    def __init__(self, process: Any, event_queue: Any, stop_event: Any):
+        self._loop = asyncio.get_running_loop()
+        self._process = process
+        self._queue = event_queue  # mp.Queue of plain dicts, written by the worker
+        self._stop_event = stop_event
+        self._received: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._exited: asyncio.Future[ExitStatus] = self._loop.create_future()
+        self._reader_fd = event_queue._reader.fileno()
+        self.pid: int = process.pid
+        self._loop.add_reader(self._reader_fd, self._drain)
+        self._loop.add_reader(process.sentinel, self._on_exit)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while (item := await self._received.get()) is not None:
+            yield item
+
+    def request_stop(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def terminate(self) -> None:
+        self._signal_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    @property
+    def alive(self) -> bool:
+        return not self._exited.done()
+
+    async def wait(self) -> ExitStatus:
+        return await asyncio.shield(self._exited)
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        if not self.alive:
+            return  # reaped: the pid may belong to someone else now
+        try:
+            os.killpg(self.pid, signum)  # the worker leads its own group (os.setsid)
+        except ProcessLookupError:
+            # not yet a group leader (still starting): signal the process alone, never our own group
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+        log.info("sent %s to worker %d", signum.name, self.pid)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue_module.Empty:
+                return
+            except EOFError:  # the worker's end of the pipe is closed: nothing more can come
+                self._loop.remove_reader(self._reader_fd)
+                return
+            except (OSError, pickle.UnpicklingError) as exc:
+                log.warning("worker %d: unreadable event discarded (%s)", self.pid, exc)
+                return
+            self._received.put_nowait(item)
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._process.sentinel)
+        # Every event the worker wrote is in the pipe by now; a partial one (killed mid-write) must not
+        # block the loop, so read the rest without waiting.
+        os.set_blocking(self._reader_fd, False)
+        self._drain()
+        self._loop.remove_reader(self._reader_fd)
+        self._process.join()  # exited already: reaps it at once
+        status = ExitStatus(self._process.exitcode)
+        self._queue._reader.close()
+        self._queue._writer.close()
+        self._process.close()
+        # Drop the queue, the Event and the process (whose args hold both) now, so their named
+        # semaphores are unlinked here rather than reported as leaked by the resource tracker.
+        self._process = self._queue = self._stop_event = None
+        self._received.put_nowait(None)
+        self._exited.set_result(status)
+
+
+def _spawn_context() -> Any:
+    import torch.multiprocessing  # imports torch (seconds): called off the event loop, once
+
+    return torch.multiprocessing.get_context("spawn")
+
+
+class ProcessBackend:
+    """Starts each job in a fresh spawned process (never fork: the parent must not share its state)."""
+
+    def __init__(self) -> None:
+        self._context: asyncio.Future[Any] | None = None
+
+    def warm_up(self) -> None:
+        """Import torch's multiprocessing in a thread now, so the first job does not wait for it."""
+        if self._context is None:
+            self._context = asyncio.get_running_loop().run_in_executor(None, _spawn_context)
+
+    async def submit(self, spec: JobSpec) -> ProcessHandle:
+        self.warm_up()
+        ctx = await self._context
+        event_queue = ctx.Queue()
+        stop_event = ctx.Event()
+        process = ctx.Process(target=worker.run_job, args=(asdict(spec), event_queue, stop_event),
+                              name=f"snnmon-job-{spec.job_id}", daemon=True)
+        # start() forks and execs a fresh interpreter and hands it the pickled arguments: milliseconds.
+        # The child's torch import happens in the child.
+        process.start()
+        # The child has its own copy of the queue's writing end now. Closing ours means a worker that
+        # dies in the middle of a message leaves an end of file, which a read cannot wait on forever.
+        event_queue._writer.close()
+        return ProcessHandle(process, event_queue, stop_event)

@@ -1,0 +1,71 @@
+"""The service's errors, each with the HTTP status and JSON ``error`` code a client sees.
+
+    ServiceError (500 internal_error)
+    ├── BadRequest (400 bad_request)
+    │   ├── InvalidJSON (400 invalid_json)
+    │   └── InvalidConfig (400 invalid_config, with ``fields``)
+    ├── NotFound (404 not_found)
+    │   └── UnknownJob (404 unknown_job)
+    ├── MethodNotAllowed (405 method_not_allowed)
+    └── PayloadTooLarge (413 payload_too_large)
+
+Handlers raise these; one middleware (``service.app``) turns them into ``{"error", "message", ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **extra: Any):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class BadRequest(ServiceError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class InvalidConfig(BadRequest):
+    """A TrainConfig with bad fields; ``fields`` maps each to its reason (from ``ConfigError``)."""
+
+    code = "invalid_config"
+
+    def __init__(self, fields: dict[str, str]):
+        message = "; ".join(f"{name}: {reason}" for name, reason in fields.items())
+        super().__init__(f"invalid config: {message}", fields=dict(fields))
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownJob(NotFound):
+    code = "unknown_job"
+
+    def __init__(self, job_id: str):
+        super().__init__(f"no job with id {job_id!r}", job_id=job_id)
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"

@@ -1,0 +1,109 @@
+"""``GET /api/training/stream/{job_id}`` (also ``/api/training/{job_id}/stream``): a job's events as SSE.
+
+Frames are ``id: <seq>`` + ``data: {"event", "data"}`` with no ``event:`` line, written as the bytes the
+channel encoded once. A client gets every event after ``Last-Event-ID`` (the header, else the
+``last_event_id`` query parameter; none means from the first), then live ones, a heartbeat event after
+``heartbeat_s`` of silence, and the end of the response after the terminal event. An unknown job is a
+404 JSON answer, never a stream. A client that goes away ends its handler quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from service.api import JOB_MANAGER, SETTINGS
+from service.errors import BadRequest
+from service.events import Subscriber, heartbeat_frame
+
+log = logging.getLogger("snnmon.stream")
+
+# Streams open now, so shutdown can end them at once instead of waiting for their jobs.
+OPEN_STREAMS = web.AppKey("open_streams", weakref.WeakSet)
+
+
+class FrameStreamResponse(EventSourceResponse):
+    """An SSE response that writes frames already encoded (aiohttp-sse's ``send`` encodes each call)."""
+
+    def __init__(self, *, send_timeout: float, ping_interval: float):
+        super().__init__(send_timeout=send_timeout, ping_interval=ping_interval)
+        self.frame_timeout = send_timeout
+
+    async def send_frame(self, frame: bytes, request: web.Request) -> None:
+        try:
+            async with asyncio.timeout(self.frame_timeout):
+                await self.write(frame)
+        except TimeoutError:
+            # a stalled peer never drains its buffer: drop it rather than wait on it
+            self.stop_streaming()
+            if request.transport is not None:
+                request.transport.abort()
+            raise
+
+
+def last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID")
+    source = "Last-Event-ID header"
+    if raw is None:
+        raw, source = request.query.get("last_event_id"), "last_event_id"
+    if raw is None or not raw.strip():
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadRequest(f"{source} must be an event id (a non-negative integer), got {raw[:40]!r}",
+                         fields={"last_event_id": "must be a non-negative integer"})
+    return value
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    job_id = request.match_info["job_id"]
+    channel = request.app[JOB_MANAGER].channel(job_id)  # UnknownJob: 404 before any stream starts
+    subscriber = channel.subscribe(last_event_id(request), settings.subscriber_buffer)
+    request.app[OPEN_STREAMS].add(subscriber)
+    # aiohttp-sse sets Cache-Control: no-cache and X-Accel-Buffering: no (nginx passes frames at once)
+    response = FrameStreamResponse(send_timeout=settings.send_timeout_s, ping_interval=settings.heartbeat_s)
+    try:
+        if request.transport is None:  # gone before the first byte (aiohttp-sse asserts a transport)
+            raise ConnectionResetError("client disconnected")
+        await response.prepare(request)
+        async with response:
+            await _pump(subscriber, response, request, settings.heartbeat_s)
+    except (ConnectionError, TimeoutError) as exc:
+        log.debug("job %s: stream client gone (%s)", job_id, type(exc).__name__)
+    finally:
+        subscriber.close()
+        if subscriber.dropped:
+            log.info("job %s: a slow stream client skipped %d batch events", job_id, subscriber.dropped)
+    return response
+
+
+async def _pump(subscriber: Subscriber, response: FrameStreamResponse, request: web.Request,
+                heartbeat_s: float) -> None:
+    while True:
+        event = await subscriber.next_event(heartbeat_s)
+        if event is None and subscriber.ended:
+            return  # closed by shutdown, or joined after the terminal event
+        await response.send_frame(event.frame if event is not None else heartbeat_frame(), request)
+        if subscriber.ended:
+            return  # the terminal event went out: the response ends
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/training/stream/{job_id}", stream, allow_head=False),
+        web.get("/api/training/{job_id}/stream", stream, allow_head=False),
+    ]
+
+
+async def end_open_streams(app: web.Application) -> None:
+    """on_shutdown: end every stream now; clients reconnect with Last-Event-ID to a new server."""
+    for subscriber in list(app[OPEN_STREAMS]):
+        subscriber.close()

@@ -1,0 +1,87 @@
+"""Shared fixtures: real ``snnmon serve`` processes on free ports.
+
+``server_factory(*flags, env={...})`` starts a server in a subprocess (``--port 0``; the port comes from
+the ``snnmon: serving on http://...`` line it prints) and stops it after the test module;
+``snnmon_server`` is one such server with default flags, shared by a module. Each server's output goes
+to a log file (``server.log_text()``), so tests can check that nothing was logged that should not be.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+READY_LINE = re.compile(r"snnmon: serving on (http://\S+)")
+START_TIMEOUT_S = 30  # imports and binding; torch is imported later, in the background
+
+
+@dataclass
+class ServerProcess:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (the server stops its jobs and exits), then SIGKILL if it takes too long."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_server(log_path: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0", *flags]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                   env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        match = READY_LINE.search(log_path.read_text(errors="replace"))
+        if match:
+            return ServerProcess(match.group(1), process, log_path)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait(5)
+    raise RuntimeError(f"snnmon serve did not start; its output:\n{log_path.read_text(errors='replace')}")
+
+
+@pytest.fixture(scope="module")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def factory(*flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+        log_path = tmp_path_factory.mktemp("server") / "server.log"
+        server = start_server(log_path, *flags, env=env)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def snnmon_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory()

@@ -1,0 +1,142 @@
+"""The function a spawned job process runs: ``run_job(spec, events, stop_event)``.
+
+Everything here runs in the worker process, started by ``service.backend`` with the spawn method. The
+worker
+
+- makes itself a process-group (and session) leader, so the server can signal it and anything it
+  starts with one ``killpg``, and a Ctrl-C in the server's terminal is the server's to handle;
+- exits by itself when the server dies: a thread waits on the parent sentinel (a pipe the server holds
+  open) and ``os._exit``s when it closes, so no orphan keeps a GPU busy;
+- caps torch's CPU threads so concurrent jobs do not oversubscribe the cores, and makes its GPU (if
+  any) the current CUDA device;
+- runs ``trainer.train.train``, putting each event on ``events`` as a plain dict
+  ``{"event": name, "data": {...}}`` and reading ``stop_event`` between batches;
+- turns any exception ``train`` lets through into an ``error`` event with a one-line message; the
+  traceback goes to this process's stderr (the server's log), never to clients;
+- exits with ``os._exit(0)`` once its events are flushed (no interpreter teardown).
+
+Test-only fault hook: ``SNNMON_TEST_FAULT`` in the server's environment (workers inherit it) lists
+``fault:seed`` pairs, e.g. ``hang:4242,raise:4343``; a job whose config seed matches gets the fault.
+``hang`` ignores SIGTERM and blocks forever after its first batch event (it can neither see the stop
+Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event. Nothing in
+the HTTP API can set it: only whoever starts the server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
+PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
+MESSAGE_LIMIT = 300  # characters of an error message sent to clients
+
+
+def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
+    """Train one job. ``spec`` is ``service.backend.JobSpec`` as a dict; ``events`` an mp.Queue."""
+    os.setsid()
+    fault = _test_fault(spec["config"].get("seed"))
+    if fault == "hang":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_when_parent_dies()
+    emit = _Emitter(events, fault)
+    try:
+        _limit_threads(spec["cpu_threads"])
+        _pin_device(spec["device"])
+        from trainer.config import TrainConfig
+        from trainer.train import train
+
+        train(TrainConfig.from_dict(spec["config"]), emit, stop_event.is_set,
+              device=spec["device"], data_dir=spec["data_dir"],
+              allow_download=spec["allow_download"], job_id=spec["job_id"])
+    except Exception as exc:  # process boundary: the server only ever sees one line
+        traceback.print_exc(file=sys.stderr)
+        emit("error", {"message": one_line_message(exc, spec["device"])})
+    finally:
+        events.close()
+        events.join_thread()  # every event is in the pipe before the process exits
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Nothing is left to clean up, and the interpreter's teardown of torch takes a second or more:
+        # skip it, so a stopped job's process is gone right after its stopped event.
+        os._exit(0)
+
+
+class _Emitter:
+    def __init__(self, events: Any, fault: str | None):
+        self._events = events
+        self._fault = fault
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        self._events.put({"event": event, "data": data})
+        if self._fault == "raise" and event == "config":
+            raise RuntimeError("injected test fault (raise)\nthis second line must not reach clients")
+        if self._fault == "hang" and event == "batch":
+            while True:  # stuck: never returns to the loop, so never reads the stop Event
+                time.sleep(60)
+
+
+def one_line_message(exc: BaseException, device: str) -> str:
+    """What a user can act on, on one line: the message of errors written for users, else type: text."""
+    from trainer.config import ConfigError
+    from trainer.mnist import MnistUnavailable
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if isinstance(exc, (MnistUnavailable, ConfigError)) and text:
+        message = text
+    elif type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        message = f"out of memory on {device}; try a smaller batch_size, hidden size or timesteps"
+    else:
+        message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 1] + "…"
+
+
+def _limit_threads(threads: int) -> None:
+    # Before torch is imported, so its OpenMP pool starts at this size; set_num_threads makes sure.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _pin_device(device: str) -> None:
+    """Make ``cuda:N`` this process's current device, so nothing lands on another GPU by default."""
+    import torch
+
+    if device.startswith("cuda:") and torch.cuda.is_available():
+        torch.cuda.set_device(int(device.split(":", 1)[1]))
+
+
+def _exit_when_parent_dies() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        def wait_for_parent() -> None:
+            # The sentinel is a pipe whose other end only the server holds: readable (EOF) once it died.
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(PARENT_GONE_EXIT)
+    else:
+        parent_pid = os.getppid()
+
+        def wait_for_parent() -> None:  # started some other way: notice being re-parented
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(PARENT_GONE_EXIT)
+
+    threading.Thread(target=wait_for_parent, name="parent-watch", daemon=True).start()
+
+
+def _test_fault(seed: Any) -> str | None:
+    for item in os.environ.get(TEST_FAULT_ENV, "").split(","):
+        fault, _, target = item.strip().partition(":")
+        if fault in ("hang", "raise") and target == str(seed):
+            return fault
+    return None
