@@ -1,4 +1,5 @@
-"""The JSON endpoints under ``/api/training/``: catalog, config schema, start, stop, status, jobs.
+"""The JSON endpoints under ``/api/training/`` (catalog, config schema, start, stop, status, jobs, delete,
+metrics export) and the health checks ``/healthz`` and ``/readyz``.
 
 Handlers raise ``service.errors``; the app's one middleware turns those into JSON error responses.
 Request bodies are parsed whatever their Content-Type (``curl -d`` sends form-encoded), and must be
@@ -12,14 +13,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.errors import BadRequest, InvalidJSON, PayloadTooLarge
+from service import metrics
+from service.errors import BadRequest, InvalidJSON, NotReady, PayloadTooLarge
 from service.jobs import JobManager
 from service.settings import Settings
+from service.store import JobStore
 from trainer import catalog
 from trainer import config as train_config
 
 SETTINGS = web.AppKey("settings", Settings)
 JOB_MANAGER = web.AppKey("job_manager", JobManager)
+STORE = web.AppKey("store", JobStore)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -83,8 +87,43 @@ async def jobs(request: web.Request) -> web.Response:
     return json_response([record.to_dict() for record in request.app[JOB_MANAGER].records()])
 
 
+async def delete_job(request: web.Request) -> web.Response:
+    """A finished job and its events; 409 while it runs."""
+    await request.app[JOB_MANAGER].delete(request.match_info["job_id"])
+    return web.Response(status=204)
+
+
+async def job_metrics(request: web.Request) -> web.Response:
+    """Per-epoch metrics: JSON by default, ``?format=csv`` as a file download."""
+    wanted = request.query.get("format", "json")
+    if wanted not in ("json", "csv"):
+        raise BadRequest(f"format must be json or csv, got {wanted[:20]!r}", fields={"format": "json or csv"})
+    record, epochs = await request.app[JOB_MANAGER].epoch_rows(request.match_info["job_id"])
+    if wanted == "json":
+        return json_response(metrics.as_json(record, epochs))
+    return web.Response(text=metrics.as_csv(epochs), content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{metrics.csv_filename(record.job_id)}"'})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and answering."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for work: the job store is open and healthy, and the server is not shutting down."""
+    manager = request.app.get(JOB_MANAGER)
+    if manager is None or manager.shutting_down:
+        raise NotReady("the server is shutting down" if manager else "the server is starting")
+    if not request.app[STORE].healthy:
+        raise NotReady("the job store is not open, or a write to it failed (see the server log)")
+    return json_response({"status": "ready"})
+
+
 def routes() -> list[web.RouteDef]:
     return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
         web.get("/api/training/surrogates", surrogates),
         web.get("/api/training/cell-types", cell_types),
         web.get("/api/training/config-schema", config_schema),
@@ -92,4 +131,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/training/stop", stop),
         web.get("/api/training/status/{job_id}", status),
         web.get("/api/training/jobs", jobs),
+        web.get("/api/training/jobs/{job_id}", status),
+        web.delete("/api/training/jobs/{job_id}", delete_job),
+        web.get("/api/training/jobs/{job_id}/metrics", job_metrics),
     ]

@@ -1,8 +1,14 @@
-"""The app factory ``create_app(settings)``: routes, the one error middleware, and the resources the
-app owns (the job manager, its store and backend), opened and closed by ``cleanup_ctx``.
+"""The app factory ``create_app(settings)``: routes, middlewares (errors, CORS preflight, token), and the
+resources the app owns (the job store, the job manager, the backend), opened and closed by
+``cleanup_ctx``.
 
-State lives under ``web.AppKey``s, never in module globals, so tests and a persistent store can build
-apps side by side: ``create_app(settings, store=..., backend=...)``.
+State lives under ``web.AppKey``s, never in module globals, so tests can build apps side by side:
+``create_app(settings, store=..., backend=...)``; by default the store is ``SQLiteJobStore`` in the
+data directory.
+
+Shutdown (``on_shutdown``, in this order): the job manager refuses new jobs and stops every job (its
+terminal events are committed and sent to the open streams), then the streams that are still open are
+ended. The cleanup context then closes the store.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from service import api, static, stream
+from service import api, auth, static, stream
 from service.backend import Backend, ProcessBackend
+from service.cors import OriginPolicy
 from service.devices import DevicePool, visible_gpu_count
 from service.errors import InvalidConfig, MethodNotAllowed, NotFound, PayloadTooLarge, ServiceError
 from service.jobs import JobManager
 from service.settings import Settings
-from service.store import JobStore, MemoryJobStore
+from service.sqlite_store import SQLiteJobStore
+from service.store import JobStore
 from trainer.config import ConfigError
 
 log = logging.getLogger("snnmon.app")
@@ -29,29 +37,53 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(settings: Settings, *, store: JobStore | None = None,
                backend: Backend | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    # outermost first: errors become JSON whichever middleware or handler raised them
+    middlewares = [error_middleware]
+    origins = OriginPolicy(settings.cors_origins) if settings.cors_origins else None
+    if origins is not None:
+        middlewares.append(origins.middleware())
+    if settings.token is not None:
+        middlewares.append(auth.token_middleware(settings.token))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[api.SETTINGS] = settings
+    app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir())
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(api.routes())
     app.add_routes(stream.routes())
     app.add_routes(static.routes())
-    app.cleanup_ctx.append(_job_manager_context(store or MemoryJobStore(), backend or ProcessBackend()))
+    if origins is not None:
+        app.on_response_prepare.append(origins.add_headers)
+    app.cleanup_ctx.append(_job_manager_context(backend or ProcessBackend()))
+    app.on_shutdown.append(shut_down_jobs)
     app.on_shutdown.append(stream.end_open_streams)
     return app
 
 
-def _job_manager_context(store: JobStore, backend: Backend):
+def _job_manager_context(backend: Backend):
     async def job_manager(app: web.Application) -> AsyncIterator[None]:
-        devices = DevicePool(visible_gpu_count())
-        log.info("devices: %d GPU(s) visible%s", devices.gpu_count,
-                 "" if devices.gpu_count else "; jobs run on the CPU")
-        manager = JobManager(app[api.SETTINGS], store, backend, devices)
-        app[api.JOB_MANAGER] = manager
-        backend.warm_up()
-        yield
-        await manager.close()
+        store = app[api.STORE]
+        stored = await store.open()  # StoreError: the server says why and does not start
+        try:
+            devices = DevicePool(visible_gpu_count())
+            log.info("devices: %d GPU(s) visible%s", devices.gpu_count,
+                     "" if devices.gpu_count else "; jobs run on the CPU")
+            manager = JobManager(app[api.SETTINGS], store, backend, devices)
+            manager.restore(stored)
+            app[api.JOB_MANAGER] = manager
+            backend.warm_up()
+            yield
+            await manager.shutdown()
+        finally:
+            await store.close()
 
     return job_manager
+
+
+async def shut_down_jobs(app: web.Application) -> None:
+    """on_shutdown: no new jobs; every job stopped and its terminal event sent to its streams."""
+    manager = app.get(api.JOB_MANAGER)
+    if manager is not None:
+        await manager.shutdown()
 
 
 @web.middleware
@@ -94,6 +126,7 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str] | None:
 
 def _error_response(exc: ServiceError, headers: dict[str, str] | None = None) -> web.Response:
     response = api.json_response(exc.body(), status=exc.status)
+    response.headers.update(exc.headers)
     if headers:
         response.headers.update(headers)
     return response

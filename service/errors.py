@@ -4,10 +4,16 @@
     ├── BadRequest (400 bad_request)
     │   ├── InvalidJSON (400 invalid_json)
     │   └── InvalidConfig (400 invalid_config, with ``fields``)
+    ├── Unauthorized (401 unauthorized, with a WWW-Authenticate: Bearer header)
+    ├── Forbidden (403 forbidden)
     ├── NotFound (404 not_found)
     │   └── UnknownJob (404 unknown_job)
     ├── MethodNotAllowed (405 method_not_allowed)
-    └── PayloadTooLarge (413 payload_too_large)
+    ├── JobActive (409 job_active)
+    ├── PayloadTooLarge (413 payload_too_large)
+    └── ServiceUnavailable (503 service_unavailable)
+        ├── ShuttingDown (503 shutting_down)
+        └── NotReady (503 not_ready)
 
 Handlers raise these; one middleware (``service.app``) turns them into ``{"error", "message", ...}``.
 """
@@ -20,6 +26,7 @@ from typing import Any
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
+    headers: dict[str, str] = {}  # sent with the JSON error response
 
     def __init__(self, message: str, **extra: Any):
         super().__init__(message)
@@ -49,6 +56,22 @@ class InvalidConfig(BadRequest):
         super().__init__(f"invalid config: {message}", fields=dict(fields))
 
 
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, invalid: bool):
+        super().__init__(message)
+        # RFC 6750: a wrong token is "invalid_token"; a missing one gets the bare challenge
+        self.headers = {"WWW-Authenticate": 'Bearer realm="snnmon", error="invalid_token"' if invalid
+                        else 'Bearer realm="snnmon"'}
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
@@ -66,6 +89,28 @@ class MethodNotAllowed(ServiceError):
     code = "method_not_allowed"
 
 
+class JobActive(ServiceError):
+    status = 409
+    code = "job_active"
+
+    def __init__(self, job_id: str, status: str):
+        super().__init__(f"job {job_id} is {status}; stop it and wait for it to end first",
+                         job_id=job_id, status=status)
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"
+
+
+class ServiceUnavailable(ServiceError):
+    status = 503
+    code = "service_unavailable"
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+
+
+class NotReady(ServiceUnavailable):
+    code = "not_ready"

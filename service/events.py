@@ -1,11 +1,12 @@
 """One job's event stream: numbering, encoding once, storing, and fanning out to SSE subscribers.
 
 An ``EventChannel`` numbers each event the worker reports (1, 2, 3, ...), encodes it once into its SSE
-frame, appends it to the store and offers it to every live ``Subscriber``. A subscriber first replays
-from the store, page by page, until it has caught up with the channel's head; only then does it take
-live events, through a bounded buffer. So a late subscriber, or one that reconnects with
-``Last-Event-ID``, gets exactly the events after its position, and a job that ended long ago replays
-from the store alone.
+frame and hands it, with the job's updated record, to the store. Only when the store has committed it
+is it *published*: offered to every live ``Subscriber``. So no client ever sees an event that a crash
+could take back. A subscriber first replays from the store, page by page, until it has caught up with
+what is published; only then does it take live events, through a bounded buffer. So a late subscriber,
+or one that reconnects with ``Last-Event-ID``, gets exactly the events after its position, and a job
+that ended long ago replays from the store alone (memory holds no finished job's events).
 
 A subscriber that cannot keep up (its socket stays full) may skip batch events, never others: the
 buffer holds at most ``capacity`` events plus the job's epoch and terminal events (at most 100 epochs).
@@ -21,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from service.store import JobStore, StoredEvent
+from service.store import JobRecord, JobStore, StoredEvent
 
 log = logging.getLogger("snnmon.events")
 
@@ -35,28 +36,46 @@ def heartbeat_frame() -> bytes:
 
 
 class EventChannel:
-    """The numbered events of one job, and the subscribers that follow them live."""
+    """The numbered events of one job, and the subscribers that follow them live (event-loop thread)."""
 
     def __init__(self, job_id: str, store: JobStore, *, head_seq: int = 0, finished: bool = False):
         self.job_id = job_id
         self.store = store
-        self.head_seq = head_seq  # seq of the last event appended
-        self.finished = finished  # the terminal event is appended; nothing follows it
+        self.head_seq = head_seq  # seq of the last event numbered (its commit may be pending)
+        self.finished = finished  # the terminal event is numbered; nothing follows it
+        self.published_seq = head_seq  # seq of the last event committed and offered to subscribers
+        self.ended = finished  # the terminal event is published
+        self.deleted = False  # the job was deleted: its subscribers end
+        self._pending: deque[tuple[StoredEvent, asyncio.Future[None]]] = deque()
         self._subscribers: set[Subscriber] = set()
 
-    def append(self, event: str, data: dict[str, Any]) -> StoredEvent:
+    def append(self, event: str, data: dict[str, Any], record: JobRecord) -> StoredEvent:
+        """Number and encode an event; store it with ``record`` (one transaction); publish once committed."""
         if self.finished:
             raise RuntimeError(f"job {self.job_id}: {event} event after the terminal event")
         stored = StoredEvent.encode(self.head_seq + 1, event, data)
-        self.store.append_event(self.job_id, stored)
+        committed = self.store.append_event(self.job_id, stored, record)
         self.head_seq = stored.seq
         self.finished = stored.terminal
         if log.isEnabledFor(logging.DEBUG):
             log.debug("numbered job=%s seq=%d event=%s t=%.6f", self.job_id, stored.seq, event,
                       stored.numbered_at)
-        for subscriber in tuple(self._subscribers):
-            subscriber.offer(stored)
+        self._pending.append((stored, committed))
+        committed.add_done_callback(self._publish_committed)
         return stored
+
+    async def wait_published(self) -> None:
+        """Until every event numbered so far is published (committed, or its write failed)."""
+        if self._pending:
+            await asyncio.wait([future for _, future in self._pending])
+            await asyncio.sleep(0)  # the done callbacks run one loop turn after the futures complete
+
+    def delete(self) -> None:
+        """The job is being deleted. Its subscribers end once they have handed out what is published or
+        still being committed (a job pruned as it finishes still sends its terminal event live)."""
+        self.deleted = True
+        for subscriber in tuple(self._subscribers):
+            subscriber.wake()
 
     def subscribe(self, after_seq: int, capacity: int) -> "Subscriber":
         return Subscriber(self, after_seq, capacity)
@@ -64,6 +83,18 @@ class EventChannel:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def _publish_committed(self, _: asyncio.Future[None]) -> None:
+        # The writer settles futures in order, so this publishes in seq order. A failed write is
+        # published all the same: the live view goes on, and the store reports itself unhealthy.
+        while self._pending and self._pending[0][1].done():
+            stored, _ = self._pending.popleft()
+            self.published_seq = stored.seq
+            self.ended = stored.terminal
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("published job=%s seq=%d t=%.6f", self.job_id, stored.seq, time.time())
+            for subscriber in tuple(self._subscribers):
+                subscriber.offer(stored)
 
     def _attach(self, subscriber: "Subscriber") -> None:
         self._subscribers.add(subscriber)
@@ -94,10 +125,13 @@ class Subscriber:
                 if event.terminal:
                     self.close()
                 return event
+            if self._channel.deleted and self._channel.published_seq >= self._channel.head_seq:
+                self.close()  # its events are gone from the store, and no more are coming
+                break
             if self._live is None:
-                self._read_page_or_go_live()
+                await self._read_page_or_go_live()
                 continue
-            if self._channel.finished and self._cursor >= self._channel.head_seq:
+            if self._channel.ended and self._cursor >= self._channel.published_seq:
                 self.close()  # joined with a Last-Event-ID at or past the terminal event
                 break
             self._wakeup.clear()
@@ -119,6 +153,10 @@ class Subscriber:
         live.append(event)
         self._wakeup.set()
 
+    def wake(self) -> None:
+        """Make a waiting ``next_event`` look at the channel again."""
+        self._wakeup.set()
+
     def close(self) -> None:
         """Stop following the channel (stream ended, client gone, or server shutting down)."""
         self.ended = True
@@ -136,17 +174,23 @@ class Subscriber:
                     return event
         return None
 
-    def _read_page_or_go_live(self) -> None:
-        page = self._channel.store.events_after(self._channel.job_id, self._cursor, REPLAY_PAGE)
+    async def _read_page_or_go_live(self) -> None:
+        channel = self._channel
+        published = channel.published_seq  # everything up to here is committed, so the read sees it
+        page = await channel.store.events_after(channel.job_id, self._cursor, REPLAY_PAGE)
+        if self.ended:
+            return
         if page:
             self._replay.extend(page)
             return
-        # Caught up: no await since the read, so no event can fall between the store and the buffer.
-        if self._cursor < self._channel.head_seq:
-            log.warning("job %s: store has no events after %d but the head is %d; following live",
-                        self._channel.job_id, self._cursor, self._channel.head_seq)
+        if channel.published_seq > self._cursor and published <= self._cursor:
+            return  # more was published while the read ran: read again
+        # Caught up: no await since the check, so no event can fall between the store and the buffer.
+        if self._cursor < channel.published_seq and not channel.deleted:
+            log.warning("job %s: store has no events after %d but %d are published; following live",
+                        channel.job_id, self._cursor, channel.published_seq)
         self._live = deque()
-        self._channel._attach(self)
+        channel._attach(self)
 
     def _make_room(self, live: deque[StoredEvent], incoming: StoredEvent) -> bool:
         """Drop the oldest queued batch event; False when the incoming one is the batch to drop."""

@@ -2,13 +2,19 @@
 
 Runs in the server's event-loop thread. A job goes ``queued → starting → running → completed | stopped |
 failed`` (``stopping`` between). The manager numbers the worker's events through the job's
-``EventChannel``, keeps the ``JobRecord`` in step with them and saves it to the store; when a worker
+``EventChannel``, keeps the ``JobRecord`` in step with them and stores both in one write; when a worker
 ends without a terminal event the manager writes one itself, so every stream ends. Processes are
 reached only through the ``Backend``/``JobHandle`` seam (``service.backend``).
 
 Stop: set the job's stop Event; if the process still lives after ``stop_grace_s``, SIGTERM its group,
 then SIGKILL after ``kill_grace_s``; the job then ends ``stopped`` with ``forced: true``. Whatever
 happens, the device slot is released and the process reaped.
+
+History: at start-up ``restore`` takes every stored job back; one that had not finished ends ``failed``
+with "interrupted by server restart" (an ``error`` event, so its stream ends). Beyond ``keep_jobs``
+jobs, the oldest finished ones are deleted with their events. ``shutdown`` refuses new jobs, stops
+every job the same way (SIGKILL at most ``SHUTDOWN_KILL_GRACE_S`` after SIGTERM) and returns once
+their terminal events are committed and published.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ from typing import Any
 
 from service.backend import Backend, JobHandle, JobSpec
 from service.devices import DevicePool
-from service.errors import InvalidConfig, UnknownJob
+from service.errors import InvalidConfig, JobActive, ShuttingDown, UnknownJob
 from service.events import EventChannel
 from service.settings import Settings
-from service.store import JobRecord, JobStore
+from service.store import JobRecord, JobStore, StoredJob
 from trainer.config import ConfigError, TrainConfig
 
 log = logging.getLogger("snnmon.jobs")
 
 WORKER_EVENTS = frozenset({"config", "batch", "epoch", "completed", "stopped", "error"})
+INTERRUPTED = "interrupted by server restart"
+# At shutdown SIGKILL follows SIGTERM after at most this long, so the server exits within
+# stop-grace + 5 s (the rest: reaping, the last commits, ending the streams).
+SHUTDOWN_KILL_GRACE_S = 2.0
 
 
 @dataclass(eq=False)
@@ -55,6 +65,9 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._waiting: deque[str] = deque()
         self._active = 0  # jobs holding a slot: starting, running or stopping
+        self._kill_grace_s = settings.kill_grace_s
+        self._shutdown: asyncio.Future[None] | None = None
+        self.shutting_down = False
 
     # -- queries
 
@@ -65,7 +78,14 @@ class JobManager:
         return self._job(job_id).channel
 
     def records(self) -> list[JobRecord]:
-        return self._store.list_jobs()
+        """Every job's record, newest first (dicts keep insertion order, which is creation order)."""
+        return [job.record for job in reversed(self._jobs.values())]
+
+    async def epoch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
+        """A job's record and the data of its epoch events so far, read from the store."""
+        record = self.record(job_id)
+        events = await self._store.events_named(job_id, "epoch")
+        return record, [event.data for event in events]
 
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
@@ -75,8 +95,26 @@ class JobManager:
 
     # -- commands
 
+    def restore(self, stored: list[StoredJob]) -> None:
+        """At start-up, before any request: take back every stored job, oldest first."""
+        interrupted = 0
+        for item in stored:
+            record = item.record
+            job = Job(record, EventChannel(record.job_id, self._store, head_seq=item.head_seq,
+                                           finished=record.finished))
+            self._jobs[record.job_id] = job
+            if not record.finished:  # the server stopped without ending it: its stream must end
+                self._append(job, "error", {"message": INTERRUPTED})
+                interrupted += 1
+        self._prune()
+        if stored:
+            log.info("restored %d job(s), %d of them unfinished: marked failed (%s)", len(stored), interrupted,
+                     INTERRUPTED)
+
     def submit(self, body: Any) -> JobRecord:
         """Validate a start request's body and queue the job; raise InvalidConfig for a bad one."""
+        if self.shutting_down:
+            raise ShuttingDown("the server is shutting down and accepts no new jobs; retry on its successor")
         try:
             config = TrainConfig.from_dict(body).with_seed()
         except ConfigError as exc:
@@ -88,6 +126,7 @@ class JobManager:
         self._jobs[job_id] = Job(record, EventChannel(job_id, self._store))
         self._waiting.append(job_id)
         log.info("job %s queued: %s", job_id, config.to_dict())
+        self._prune()
         self._schedule()
         return record
 
@@ -108,23 +147,52 @@ class JobManager:
             self._begin_stop(job)
         return record  # a job still being started gets its stop as soon as its process exists
 
-    async def close(self) -> None:
-        """Stop every job and wait for its process (server shutdown)."""
+    async def delete(self, job_id: str) -> None:
+        """Delete a finished job and its events (JobActive for one that has not finished)."""
+        job = self._job(job_id)
+        if not job.record.finished:
+            raise JobActive(job_id, job.record.status)
+        await self._forget(job)
+        log.info("job %s deleted", job_id)
+
+    async def shutdown(self) -> None:
+        """Refuse new jobs, stop every job, and return once their terminal events are published.
+        Idempotent: the server calls it before it stops listening, and on_shutdown calls it again."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
+        self.shutting_down = True
+        self._kill_grace_s = min(self._settings.kill_grace_s, SHUTDOWN_KILL_GRACE_S)
         for job_id in list(self._waiting):
             self.stop(job_id)
         running = [job for job in self._jobs.values() if job.task is not None and not job.task.done()]
         for job in running:
             self.stop(job.record.job_id)
         if running:
-            budget = self._settings.stop_grace_s + self._settings.kill_grace_s + 2.0
+            budget = self._settings.stop_grace_s + self._kill_grace_s + 1.0
             await asyncio.wait([job.task for job in running], timeout=budget)
-        for job in running:
-            if job.handle is not None and job.handle.alive:
-                job.handle.kill()
+            late = [job for job in running if not job.task.done()]
+            for job in late:  # still spawning, or a process that did not go even after SIGKILL
+                log.warning("job %s: not ended %.1f s into shutdown; giving up on it", job.record.job_id, budget)
+                if job.handle is not None:
+                    job.handle.kill()
+                job.task.cancel()
+            if late:
+                await asyncio.wait([job.task for job in late], timeout=1.0)
+            for job in running:
+                if not job.channel.finished:
+                    self._append(job, "stopped", {"epoch": job.record.epoch, "forced": True})
+        for job in list(self._jobs.values()):
+            await job.channel.wait_published()
+        await self._store.flush()
 
     # -- scheduling and the life of one job
 
     def _schedule(self) -> None:
+        if self.shutting_down:
+            return
         while self._waiting and self._active < self._settings.max_concurrent:
             job = self._jobs[self._waiting.popleft()]
             self._active += 1
@@ -186,7 +254,7 @@ class JobManager:
         log.warning("job %s: worker still running %.1f s after it was asked to end; SIGTERM",
                     job.record.job_id, grace)
         handle.terminate()
-        if await _exits_within(handle, self._settings.kill_grace_s):
+        if await _exits_within(handle, self._kill_grace_s):
             return
         log.warning("job %s: worker ignored SIGTERM; SIGKILL", job.record.job_id)
         handle.kill()
@@ -205,34 +273,35 @@ class JobManager:
         self._append(job, name, data)
 
     def _append(self, job: Job, name: str, data: dict[str, Any]) -> None:
-        """Number, encode, store and fan out one event, then bring the record in step with it."""
-        job.channel.append(name, data)
+        """Number and encode one event, bring the record in step with it, and store both together."""
         record = job.record
-        now = time.time()
-        if name == "config":
-            if record.status == "starting":
-                self._save(record, status="running")
-        elif name in ("batch", "epoch"):
-            changes: dict[str, Any] = {"epoch": data.get("epoch"), "last_metrics": data}
-            accuracy = data.get("val_accuracy")
-            if isinstance(accuracy, (int, float)) and (record.best_val_accuracy is None
-                                                       or accuracy > record.best_val_accuracy):
-                changes["best_val_accuracy"] = accuracy
-            self._save(record, **changes)
-        elif name == "completed":
-            self._save(record, status="completed", final_metrics=data, finished_at=now)
-        elif name == "stopped":
-            self._save(record, status="stopped", forced=bool(data.get("forced")), finished_at=now)
-        elif name == "error":
-            self._save(record, status="failed", error=str(data.get("message")), finished_at=now)
+        record.apply(name, data, time.time())
+        job.channel.append(name, data, record)
         if record.finished:
             log.info("job %s %s%s", record.job_id, record.status,
                      f": {record.error}" if record.error else " (forced)" if record.forced else "")
+            self._prune()
 
     def _save(self, record: JobRecord, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(record, name, value)
         self._store.put_job(record)
+
+    def _prune(self) -> None:
+        """Beyond keep_jobs jobs, delete the oldest finished ones (running jobs are never pruned)."""
+        excess = len(self._jobs) - self._settings.keep_jobs
+        if excess <= 0:
+            return
+        oldest = [job for job in self._jobs.values() if job.record.finished][:excess]
+        for job in oldest:
+            self._forget(job)
+        if oldest:
+            log.info("pruned %d finished job(s) beyond --keep-jobs %d", len(oldest), self._settings.keep_jobs)
+
+    def _forget(self, job: Job) -> asyncio.Future[None]:
+        del self._jobs[job.record.job_id]
+        job.channel.delete()
+        return self._store.delete_job(job.record.job_id)
 
 
 async def _exits_within(handle: JobHandle, seconds: float) -> bool:

@@ -1,8 +1,12 @@
 """``snnmon serve``: runs the app on uvloop until SIGINT or SIGTERM, then shuts down cleanly.
 
 Runs in the server process. It prints ``snnmon: serving on http://HOST:PORT`` once it listens (with
-``--port 0`` that line names the port picked), so scripts and tests can wait for it. On SIGINT or
-SIGTERM it ends every stream, stops every job (grace, SIGTERM, SIGKILL), reaps the workers and exits.
+``--port 0`` that line names the port picked), so scripts and tests can wait for it.
+
+On SIGINT or SIGTERM, while still listening (so a proxy's requests get answers, not refusals): new jobs
+get 503 and ``/readyz`` says 503; every job is stopped (stop Event, SIGTERM after ``--stop-grace``,
+SIGKILL at most 2 s later), its terminal event committed and sent to its open streams. Then it stops
+listening, ends the streams and closes the store: all within ``--stop-grace`` + 5 s.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import sys
 
 from aiohttp import web
 
+from service import api
 from service.app import create_app
-from service.settings import Settings
+from service.auth import RedactingAccessLogger
+from service.settings import Settings, is_loopback
+from service.store import StoreError
 
 log = logging.getLogger("snnmon.server")
 
@@ -40,9 +47,21 @@ def serve(settings: Settings) -> int:
     os._exit(code)
 
 
+# After the streams have been ended: time for their handlers to finish writing before they are cancelled.
+HANDLER_SHUTDOWN_S = 1.0
+
+
 async def _serve(settings: Settings) -> int:
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger, shutdown_timeout=HANDLER_SHUTDOWN_S)
+    try:
+        await runner.setup()
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
+    if settings.token is None and not is_loopback(settings.host):
+        log.warning("listening on %s with no access token (--insecure): whoever can reach it can use it",
+                    settings.host or "every interface")
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()
@@ -59,9 +78,11 @@ async def _serve(settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, finished.set)
     await finished.wait()
-    log.info("shutting down: stopping jobs and closing streams")
+    started = loop.time()
+    log.info("shutting down: no new jobs; stopping jobs and ending streams")
+    await app[api.JOB_MANAGER].shutdown()
     await runner.cleanup()
-    log.info("stopped")
+    log.info("stopped in %.1f s", loop.time() - started)
     return 0
 
 

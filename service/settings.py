@@ -2,17 +2,24 @@
 
 ``OPTIONS`` is the single table: each row is a flag, its environment variable, its type, its default and
 why the default is what it is. A flag given on the command line beats the variable, which beats the
-default. This module imports neither aiohttp nor torch, so ``snnmon --help`` stays quick.
+default. A repeatable flag (``--cors-origin``) reads its variable as a comma-separated list. This module
+imports neither aiohttp nor torch, so ``snnmon --help`` stays quick.
+
+Access: with no token, ``run_serve`` refuses (exit code 2) to listen anywhere but loopback unless
+``--insecure`` says something in front of it already decides who gets in.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,7 @@ class Settings:
     max_concurrent: int = 2  # jobs training at once; more wait as "queued" (2 cores: one each)
     stop_grace_s: float = 5.0  # after a stop, time for the worker to finish its batch before SIGTERM
     kill_grace_s: float = 3.0  # after SIGTERM, time before SIGKILL
-    data_dir: str | None = None  # MNIST directory; None: the trainer's default (XDG data dir)
+    data_dir: str | None = None  # MNIST files and the job history; None: the trainer's default (XDG data dir)
     allow_download: bool = True  # same default as `snnmon train`
     heartbeat_s: float = 15.0  # a heartbeat event after this much silence on a stream (design: 15 s)
     max_body_bytes: int = 64 * 1024  # a TrainConfig is well under 1 KiB; larger bodies get 413
@@ -30,6 +37,18 @@ class Settings:
     send_timeout_s: float = 60.0  # a stream write stalled this long means the client is gone
     cpu_threads: int = 0  # torch threads per CPU job; 0: the machine's cores / max_concurrent
     log_level: str = "info"  # for snnmon's own loggers; "debug" also logs each event's numbering time
+    keep_jobs: int = 1000  # finished jobs kept (with their events) before the oldest are deleted
+    token: str | None = None  # bearer token every /api/ request must carry; None: no check
+    insecure: bool = False  # allow a non-loopback host without a token (a proxy in front checks access)
+    cors_origins: tuple[str, ...] = ()  # origins (scheme://host[:port]) whose pages may call the API; "*": any
+
+    def resolved_data_dir(self) -> Path:
+        """The data directory: ``data_dir``, else the trainer's default (``$SNNMON_DATA_DIR``, XDG)."""
+        if self.data_dir is not None:
+            return Path(self.data_dir).expanduser()
+        from trainer.mnist import default_data_dir  # standard library only at import
+
+        return default_data_dir()
 
     def threads_per_cpu_job(self) -> int:
         if self.cpu_threads > 0:
@@ -92,6 +111,33 @@ def _log_level(text: str) -> str:
     return lowered
 
 
+def _token(text: str) -> str:
+    token = text.strip()
+    if not token or any(ch.isspace() or not ch.isprintable() or not ch.isascii() for ch in token):
+        raise ValueError("must be printable ASCII without spaces (it travels in a header and a URL)")
+    return token
+
+
+def _origin(text: str) -> str:
+    origin = text.strip().rstrip("/").lower()
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"must be an origin like https://studio.example.org[:port] (or *), got {text!r}")
+    return origin
+
+
+def is_loopback(host: str) -> bool:
+    """True for names and addresses only this machine can reach (``""`` means every interface)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[] ")).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to a public address
+
+
 @dataclass(frozen=True)
 class Option:
     field: str  # Settings field
@@ -99,6 +145,8 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str | None = None
+    repeat: bool = False  # the flag may be given again; its variable is a comma-separated list
+    shown_default: str | None = None  # what --help says when the default needs words
 
     @property
     def env(self) -> str:
@@ -112,7 +160,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("stop_grace_s", "--stop-grace", _positive_float,
            "seconds a stopped worker gets before SIGTERM", "S"),
     Option("kill_grace_s", "--kill-grace", _positive_float, "seconds after SIGTERM before SIGKILL", "S"),
-    Option("data_dir", "--data-dir", str, "MNIST data directory for jobs", "DIR"),
+    Option("data_dir", "--data-dir", str,
+           "data directory: MNIST files, and the job history (jobs.sqlite3) kept across restarts", "DIR"),
     Option("allow_download", "--allow-download", _bool, "download MNIST when its files are missing"),
     Option("heartbeat_s", "--heartbeat", _positive_float,
            "seconds of silence on a stream before a heartbeat event", "S"),
@@ -124,6 +173,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("cpu_threads", "--cpu-threads", _non_negative_int,
            "torch threads per CPU job (0: cores / max-concurrent)", "N"),
     Option("log_level", "--log-level", _log_level, "debug, info, warning or error", "LEVEL"),
+    Option("keep_jobs", "--keep-jobs", _positive_int,
+           "jobs kept in the history; beyond it the oldest finished ones are deleted", "N"),
+    Option("token", "--token", _token,
+           "bearer token required on every /api/ request (prefer the variable: flags show in ps)", "TOKEN",
+           shown_default="none"),
+    Option("insecure", "--insecure", _bool, "listen on a non-loopback host without a token"),
+    Option("cors_origins", "--cors-origin", _origin,
+           "an origin allowed to call the API from a browser (repeatable; * allows any)", "ORIGIN",
+           repeat=True, shown_default="none"),
 )
 
 
@@ -136,14 +194,17 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     defaults = Settings()
     for option in OPTIONS:
         default = getattr(defaults, option.field)
-        shown = f"default {default}" if default is not None else "default: the trainer's"
-        help_text = f"{option.help} ({shown}; env {option.env})"
+        shown = (f"default: {option.shown_default}" if option.shown_default is not None
+                 else f"default {default}" if default is not None else "default: the trainer's")
+        env = f"env {option.env}, comma-separated" if option.repeat else f"env {option.env}"
+        help_text = f"{option.help} ({shown}; {env})"
         if option.parse is _bool:
             parser.add_argument(option.flag, dest=option.field, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
             parser.add_argument(option.flag, dest=option.field, type=_argparse_type(option.parse),
-                                default=None, metavar=option.metavar, help=help_text)
+                                default=None, metavar=option.metavar, help=help_text,
+                                action="append" if option.repeat else "store")
     parser.set_defaults(handler=run_serve)
     return parser
 
@@ -169,11 +230,27 @@ def settings_from(args: argparse.Namespace | None = None,
         if given is not None:
             values[option.field] = given
         elif environ.get(option.env, "") != "":
+            raw = environ[option.env]
             try:
-                values[option.field] = option.parse(environ[option.env])
+                values[option.field] = ([option.parse(item) for item in raw.split(",") if item.strip()]
+                                        if option.repeat else option.parse(raw))
             except ValueError as exc:
-                raise ValueError(f"{option.env}={environ[option.env]!r}: {exc}") from None
+                shown = "***" if option.field == "token" else raw  # never echo a secret
+                raise ValueError(f"{option.env}={shown!r}: {exc}") from None
+        if option.repeat and option.field in values:
+            values[option.field] = tuple(dict.fromkeys(values[option.field]))  # in order, once each
     return dataclasses.replace(Settings(), **values)
+
+
+def access_problem(settings: Settings) -> str | None:
+    """Why this server must not start as configured, or None."""
+    if settings.token is None and not settings.insecure and not is_loopback(settings.host):
+        shown = settings.host or "every interface"
+        return (f"refusing to listen on {shown} without an access token: anyone who can reach it could "
+                "start jobs and read every job's history. Set --token (or SNNMON_TOKEN), listen on "
+                "127.0.0.1 behind a reverse proxy (deploy/nginx.conf), or pass --insecure if something in "
+                "front of this server already decides who gets in")
+    return None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -181,6 +258,10 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = settings_from(args)
     except ValueError as exc:
         print(f"snnmon serve: error: {exc}", file=sys.stderr)
+        return 2
+    problem = access_problem(settings)
+    if problem is not None:
+        print(f"snnmon serve: error: {problem}", file=sys.stderr)
         return 2
     from service import server
 

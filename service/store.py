@@ -1,12 +1,17 @@
-"""Where job records and their numbered events live: the ``JobStore`` seam and its in-memory version.
+"""What the service keeps about jobs, and the ``JobStore`` seam that keeps it.
 
-The job manager is the only writer. It owns each ``JobRecord`` while the job lives, and saves it after
-every change with ``put_job``; events are appended once, already numbered and encoded, and read back by
-sequence number for replays. A persistent store (SQLite) implements the same five methods.
+A ``JobRecord`` is one job as clients see it; ``JobRecord.apply`` is the one place that says how each
+event changes it. A ``StoredEvent`` is one numbered event, encoded once into its SSE frame; the store
+keeps those exact bytes, so a replay (also after a restart) is byte-identical to the live stream.
+
+The job manager is the only writer. Writes are queued and return a future that resolves once they are
+committed (``service.sqlite_store`` commits off the event loop, in one writer thread); an event and the
+record it changes are one write, so they commit in one transaction. Reads are coroutines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -44,6 +49,31 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "JobRecord":
+        """A record read back from storage; fields this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+    def apply(self, event: str, data: dict[str, Any], now: float) -> None:
+        """Bring the record in step with one of its job's events (called as the event is numbered)."""
+        if event == "config":
+            if self.status == "starting":
+                self.status = "running"
+        elif event in ("batch", "epoch"):
+            self.epoch = data.get("epoch")
+            self.last_metrics = data
+            accuracy = data.get("val_accuracy")
+            if isinstance(accuracy, (int, float)) and (self.best_val_accuracy is None
+                                                       or accuracy > self.best_val_accuracy):
+                self.best_val_accuracy = accuracy
+        elif event == "completed":
+            self.status, self.final_metrics, self.finished_at = "completed", data, now
+        elif event == "stopped":
+            self.status, self.forced, self.finished_at = "stopped", bool(data.get("forced")), now
+        elif event == "error":
+            self.status, self.error, self.finished_at = "failed", str(data.get("message")), now
+
 
 @dataclass(frozen=True)
 class StoredEvent:
@@ -66,6 +96,10 @@ class StoredEvent:
         return self.frame.split(b"data: ", 1)[1].rstrip(b"\n")
 
     @property
+    def data(self) -> dict[str, Any]:
+        return orjson.loads(self.payload)["data"]
+
+    @property
     def terminal(self) -> bool:
         return self.event in TERMINAL_EVENTS
 
@@ -78,46 +112,43 @@ def _plain(value: Any) -> Any:
         return str(value)
 
 
+@dataclass(frozen=True)
+class StoredJob:
+    """A job as read back at start-up: its record and the seq of its last event (0: none)."""
+
+    record: JobRecord
+    head_seq: int
+
+
+class StoreError(Exception):
+    """The store cannot be opened or a write failed; the message says what to do about it."""
+
+
 class JobStore(Protocol):
-    def put_job(self, record: JobRecord) -> None:
-        """Create or replace the record of ``record.job_id``."""
+    """Writes return a future that resolves once committed (or fails with StoreError)."""
 
-    def get_job(self, job_id: str) -> JobRecord | None: ...
+    healthy: bool  # open, and no write has failed
 
-    def list_jobs(self) -> list[JobRecord]:
-        """Every record, newest first."""
+    async def open(self) -> list[StoredJob]:
+        """Open (creating it if needed) and return every job, oldest first."""
 
-    def append_event(self, job_id: str, event: StoredEvent) -> None:
-        """Add the job's next event; ``event.seq`` is one more than the last one."""
+    def put_job(self, record: JobRecord) -> asyncio.Future[None]:
+        """Create or replace the record of ``record.job_id`` (a snapshot is taken now)."""
 
-    def events_after(self, job_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events with seq > ``after_seq``, in order."""
+    def append_event(self, job_id: str, event: StoredEvent, record: JobRecord) -> asyncio.Future[None]:
+        """Add the job's next event and its updated record, in one transaction."""
 
+    def delete_job(self, job_id: str) -> asyncio.Future[None]:
+        """Remove a job's record and every one of its events."""
 
-class MemoryJobStore:
-    """Records and events in dictionaries: everything is lost when the server stops."""
+    async def events_after(self, job_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` committed events with seq > ``after_seq``, in order."""
 
-    def __init__(self) -> None:
-        self._records: dict[str, JobRecord] = {}
-        self._events: dict[str, list[StoredEvent]] = {}
+    async def events_named(self, job_id: str, event: str) -> list[StoredEvent]:
+        """Every committed event of one type (e.g. "epoch"), in order."""
 
-    def put_job(self, record: JobRecord) -> None:
-        self._records[record.job_id] = record
-        self._events.setdefault(record.job_id, [])
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
 
-    def get_job(self, job_id: str) -> JobRecord | None:
-        return self._records.get(job_id)
-
-    def list_jobs(self) -> list[JobRecord]:
-        return list(reversed(self._records.values()))  # dicts keep insertion (creation) order
-
-    def append_event(self, job_id: str, event: StoredEvent) -> None:
-        events = self._events[job_id]
-        if event.seq != len(events) + 1:
-            raise ValueError(f"job {job_id}: event {event.seq} appended after {len(events)}")
-        events.append(event)
-
-    def events_after(self, job_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        # seq n is at index n - 1, so the slice needs no search
-        start = max(after_seq, 0)
-        return self._events.get(job_id, [])[start:start + limit]
+    async def close(self) -> None:
+        """Commit what is queued and release the store."""

@@ -22,8 +22,9 @@ from service.events import Subscriber, heartbeat_frame
 
 log = logging.getLogger("snnmon.stream")
 
-# Streams open now, so shutdown can end them at once instead of waiting for their jobs.
+# Streams open now, so shutdown can end them instead of waiting for their clients.
 OPEN_STREAMS = web.AppKey("open_streams", weakref.WeakSet)
+STREAM_DRAIN_S = 1.0  # at shutdown, time for open streams to send their jobs' terminal events
 
 
 class FrameStreamResponse(EventSourceResponse):
@@ -104,6 +105,12 @@ def routes() -> list[web.RouteDef]:
 
 
 async def end_open_streams(app: web.Application) -> None:
-    """on_shutdown: end every stream now; clients reconnect with Last-Event-ID to a new server."""
+    """on_shutdown, after the jobs are stopped: every stream of a live job has its terminal event coming.
+    Give the streams ``STREAM_DRAIN_S`` to hand it out, then end the rest (replays still under way);
+    their clients reconnect with Last-Event-ID to the next server, which has the whole history."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_DRAIN_S
+    while any(not subscriber.ended for subscriber in app[OPEN_STREAMS]) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
     for subscriber in list(app[OPEN_STREAMS]):
         subscriber.close()

@@ -4,6 +4,10 @@
 the ``snnmon: serving on http://...`` line it prints) and stops it after the test module;
 ``snnmon_server`` is one such server with default flags, shared by a module. Each server's output goes
 to a log file (``server.log_text()``), so tests can check that nothing was logged that should not be.
+A server gets a fresh data directory of its own (its job history lives there) unless the flags name
+one with ``--data-dir``; ``server.data_dir`` says which.
+
+The API helpers in ``tests/service/snnmon_client.py`` are importable from every test folder.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Callable, Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent / "service"))  # snnmon_client, for tests/e2e too
 READY_LINE = re.compile(r"snnmon: serving on (http://\S+)")
 START_TIMEOUT_S = 30  # imports and binding; torch is imported later, in the background
 
@@ -30,6 +35,7 @@ class ServerProcess:
     base_url: str
     process: subprocess.Popen
     log_path: Path
+    data_dir: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -50,6 +56,10 @@ class ServerProcess:
 
 
 def start_server(log_path: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    data_dir = Path(flags[flags.index("--data-dir") + 1]) if "--data-dir" in flags else None
+    if data_dir is None:
+        data_dir = log_path.parent / "data"
+        flags = ("--data-dir", str(data_dir), *flags)
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0", *flags]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -58,7 +68,7 @@ def start_server(log_path: Path, *flags: str, env: dict[str, str] | None = None)
     while time.monotonic() < deadline:
         match = READY_LINE.search(log_path.read_text(errors="replace"))
         if match:
-            return ServerProcess(match.group(1), process, log_path)
+            return ServerProcess(match.group(1), process, log_path, data_dir)
         if process.poll() is not None:
             break
         time.sleep(0.05)

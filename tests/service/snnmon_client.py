@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,6 +18,8 @@ from typing import Any, Callable
 import aiohttp
 
 TERMINAL = ("completed", "stopped", "error")
+# A numbered frame exactly as the server writes it: orjson puts a whole event on one line.
+RAW_FRAME = re.compile(rb"id: \d+\ndata: [^\n]*\n\n")
 
 
 @dataclass
@@ -117,6 +120,27 @@ async def read_stream(session: aiohttp.ClientSession, url: str, *, headers: dict
                         on_frame(frame)
             result.ended = True
     return result
+
+
+async def read_raw_frames(session: aiohttp.ClientSession, url: str, *, headers: dict[str, str] | None = None,
+                          on_frame: Callable[[bytes], None] | None = None,
+                          timeout: float = 120.0) -> list[bytes]:
+    """The numbered frames of a stream as the exact bytes received (for byte-for-byte comparisons);
+    anything else on the wire (a heartbeat, a comment) is left out."""
+    pending, frames = b"", []
+    async with asyncio.timeout(timeout):
+        async with session.get(url, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                while (cut := pending.find(b"\n\n")) >= 0:  # every frame and heartbeat ends in a blank line
+                    block, pending = pending[:cut + 2], pending[cut + 2:]
+                    match = RAW_FRAME.search(block)  # after any comment lines (a ping) in the block
+                    if match is not None and match.end() == len(block):
+                        frames.append(match.group())
+                        if on_frame is not None:
+                            on_frame(match.group())
+    return frames
 
 
 async def post_json(session: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:

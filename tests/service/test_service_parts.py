@@ -1,11 +1,14 @@
-"""The service's parts on their own, no server: a subscriber's bounded buffer and replay hand-off,
-settings from flags and variables, device placement, exit descriptions, frames, worker messages."""
+"""The service's parts on their own, no server: a subscriber's bounded buffer and replay hand-off (on a
+real SQLite store), settings from flags and variables, device placement, exit descriptions, frames,
+worker messages."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+from typing import AsyncIterator
 
 import orjson
 import pytest
@@ -15,41 +18,49 @@ from service.backend import ExitStatus
 from service.devices import DevicePool, count_visible
 from service.errors import InvalidConfig
 from service.events import EventChannel, heartbeat_frame
-from service.store import MemoryJobStore, JobRecord, StoredEvent
+from service.sqlite_store import SQLiteJobStore
+from service.store import JobRecord, StoredEvent
 from trainer.worker import one_line_message
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def _channel() -> EventChannel:
-    store = MemoryJobStore()
-    store.put_job(JobRecord("job1", {}))
-    return EventChannel("job1", store)
+@contextlib.asynccontextmanager
+async def _channel(tmp_path) -> AsyncIterator[tuple[EventChannel, JobRecord]]:
+    """A channel on a real SQLite store in ``tmp_path``, for job "job1"."""
+    store = SQLiteJobStore(tmp_path)
+    await store.open()
+    record = JobRecord("job1", {})
+    store.put_job(record)
+    try:
+        yield EventChannel("job1", store), record
+    finally:
+        await store.close()
 
 
 async def _drain(subscriber, limit: int = 10_000) -> list[StoredEvent]:
     out = []
     while len(out) < limit:
-        event = await subscriber.next_event(timeout=0.01)
+        event = await subscriber.next_event(timeout=0.05)
         if event is None:
             break
         out.append(event)
     return out
 
 
-def test_a_slow_subscriber_skips_batches_but_never_epochs_or_the_end():
+def test_a_slow_subscriber_skips_batches_but_never_epochs_or_the_end(tmp_path):
     async def scenario():
-        channel = _channel()
-        channel.append("config", {"n": 0})
-        subscriber = channel.subscribe(0, capacity=8)
-        assert [e.event for e in await _drain(subscriber)] == ["config"]  # caught up: now live
-        for epoch in range(5):
-            for batch in range(20):
-                channel.append("batch", {"epoch": epoch, "batch": batch})
-            channel.append("epoch", {"epoch": epoch})
-        channel.append("completed", {})
-        received = await _drain(subscriber)
-        return subscriber, received
+        async with _channel(tmp_path) as (channel, record):
+            channel.append("config", {"n": 0}, record)
+            subscriber = channel.subscribe(0, capacity=8)
+            assert [e.event for e in await _drain(subscriber)] == ["config"]  # caught up: now live
+            for epoch in range(5):
+                for batch in range(20):
+                    channel.append("batch", {"epoch": epoch, "batch": batch}, record)
+                channel.append("epoch", {"epoch": epoch}, record)
+            channel.append("completed", {}, record)
+            await channel.wait_published()  # every offer made before the subscriber reads one
+            return subscriber, await _drain(subscriber)
 
     subscriber, received = asyncio.run(scenario())
     names = [e.event for e in received]
@@ -61,51 +72,80 @@ def test_a_slow_subscriber_skips_batches_but_never_epochs_or_the_end():
     assert subscriber.ended
 
 
-def test_a_subscriber_that_keeps_up_misses_nothing_across_the_replay_hand_off():
+def test_a_subscriber_that_keeps_up_misses_nothing_across_the_replay_hand_off(tmp_path):
     async def scenario():
-        channel = _channel()
-        for i in range(600):  # more than two replay pages
-            channel.append("batch", {"i": i})
-        subscriber = channel.subscribe(0, capacity=4)
-        received = []
-        for i in range(600, 700):  # live events arrive while the replay is under way
-            received.append(await subscriber.next_event(timeout=1))
-            channel.append("batch", {"i": i})
-        channel.append("completed", {})
-        received += await _drain(subscriber)
-        return channel, received
+        async with _channel(tmp_path) as (channel, record):
+            for i in range(600):  # more than two replay pages
+                channel.append("batch", {"i": i}, record)
+            await channel.wait_published()  # committed: the replay reads them from the store
+            subscriber = channel.subscribe(0, capacity=4)
+            received = []
+            for i in range(600, 700):  # live events arrive while the replay is under way
+                received.append(await subscriber.next_event(timeout=5))
+                channel.append("batch", {"i": i}, record)
+                # one commit at a time, as a job's events come: a flood of more than the capacity
+                # committed at once would be offered at once, and batch events would be skipped
+                await channel.wait_published()
+            channel.append("completed", {}, record)
+            received += await _drain(subscriber)
+            return channel, received
 
     channel, received = asyncio.run(scenario())
     assert [e.seq for e in received] == list(range(1, 702))
     assert channel.subscriber_count == 0  # the ended subscriber left the channel
 
 
-def test_a_subscriber_after_the_end_replays_and_stops():
+def test_a_subscriber_after_the_end_replays_and_stops(tmp_path):
     async def scenario():
-        channel = _channel()
-        for name in ("config", "batch", "epoch", "completed"):
-            channel.append(name, {})
-        full = await _drain(channel.subscribe(0, 8))
-        resumed = await _drain(channel.subscribe(2, 8))
-        past_end = channel.subscribe(4, 8)
-        return full, resumed, await past_end.next_event(timeout=5), past_end.ended
+        async with _channel(tmp_path) as (channel, record):
+            for name in ("config", "batch", "epoch", "completed"):
+                channel.append(name, {}, record)
+            await channel.wait_published()
+            full = await _drain(channel.subscribe(0, 8))
+            resumed = await _drain(channel.subscribe(2, 8))
+            past_end = channel.subscribe(4, 8)
+            return full, resumed, await past_end.next_event(timeout=5), past_end.ended
 
     full, resumed, nothing, ended = asyncio.run(scenario())
     assert [e.seq for e in full] == [1, 2, 3, 4] and [e.seq for e in resumed] == [3, 4]
     assert nothing is None and ended
 
 
-def test_nothing_follows_the_terminal_event():
-    channel = _channel()
-    channel.append("stopped", {"epoch": 0, "forced": False})
-    with pytest.raises(RuntimeError):
-        channel.append("batch", {})
+def test_nothing_follows_the_terminal_event(tmp_path):
+    async def scenario():
+        async with _channel(tmp_path) as (channel, record):
+            channel.append("stopped", {"epoch": 0, "forced": False}, record)
+            with pytest.raises(RuntimeError):
+                channel.append("batch", {}, record)
+
+    asyncio.run(scenario())
+
+
+def test_a_job_deleted_as_it_ends_still_ends_its_live_streams_then_replays_nothing(tmp_path):
+    async def scenario():
+        async with _channel(tmp_path) as (channel, record):
+            channel.append("config", {}, record)
+            live = channel.subscribe(0, capacity=8)
+            assert [e.event for e in await _drain(live)] == ["config"]  # following live
+            channel.append("completed", {}, record)
+            channel.delete()  # pruned at once: the terminal event is still being committed
+            channel.store.delete_job("job1")
+            got = await _drain(live)
+            await channel.wait_published()
+            await channel.store.flush()
+            late = channel.subscribe(0, capacity=8)
+            return got, live.ended, await late.next_event(timeout=5), late.ended
+
+    got, live_ended, late_event, late_ended = asyncio.run(scenario())
+    assert [e.event for e in got] == ["completed"] and live_ended
+    assert late_event is None and late_ended  # a replay of a deleted job ends at once
 
 
 def test_frames_are_encoded_once_as_id_and_data_lines():
     event = StoredEvent.encode(7, "epoch", {"epoch": 1, "val_loss": float("nan")})
     assert event.frame == b'id: 7\ndata: {"event":"epoch","data":{"epoch":1,"val_loss":null}}\n\n'
     assert orjson.loads(event.payload) == {"event": "epoch", "data": {"epoch": 1, "val_loss": None}}
+    assert event.data == {"epoch": 1, "val_loss": None}
     beat = heartbeat_frame()
     assert beat.startswith(b"data: ") and b"id:" not in beat and beat.endswith(b"\n\n")
 
