@@ -7,30 +7,13 @@ Bearer``, the EventSource carries ``?access_token=``, which the server's log sho
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TOKEN = "dashboard-token-4a7c9e"
 JOB_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make browser) to run the dashboard tests")
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-    yield chromium
-    chromium.close()
-    playwright.stop()
 
 
 def test_the_dashboard_asks_for_the_token_once_and_streams_with_it(server_factory, browser):

@@ -18,9 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "web"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TERMINAL = {"completed", "stopped", "failed"}
 
 
@@ -69,19 +66,6 @@ def server(server_factory, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("web-data")
     process = server_factory("--data-dir", str(data_dir), "--max-concurrent", "1", "--no-allow-download")
     return Server(process.base_url.rstrip("/"), data_dir, process.log_path)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make browser) to run the dashboard tests")
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-    yield chromium
-    chromium.close()
-    playwright.stop()
 
 
 @pytest.fixture
