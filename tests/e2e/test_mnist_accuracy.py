@@ -2,7 +2,7 @@
 
 Reads the shared copy of the four IDX files at ``<project root>/../shared/datasets/mnist`` (read-only);
 skips, saying so, where that copy is absent. Figures and run times are recorded in
-docs/benchmarks-mnist.md.
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from trainer.config import TrainConfig
 from trainer.train import train
 
 SHARED_MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "mnist"
-# Seed 3 of five measured seeds (0-4), see docs/benchmarks-mnist.md.
+# Seed 3 of five measured seeds (0-4), see docs/benchmarks.md.
 SEED = 3
 # The figures were measured with 2 torch threads; a different count can change the float reduction order
 # and with it the whole trajectory, so the test pins it.
@@ -71,7 +71,7 @@ def test_default_spiking_net_reaches_93_after_one_epoch_and_94_5_after_three():
 def test_conv_spiking_net_reaches_98_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA: ConvSpikingNet to 98% takes far too long on a CPU for CI "
-                    "(measured in docs/benchmarks-mnist.md)")
+                    "(measured in docs/benchmarks.md)")
     # Measured on the CPU with these settings: 98.06% after epoch 1, 98.93% after epoch 2.
     epochs, config_event = run({"dataset": "mnist", "network": "ConvSpikingNet", "epochs": 2,
                                 "timesteps": 10, "seed": SEED}, device="cuda")

@@ -2,7 +2,7 @@
 
 A long job is streamed live to 200 subscribers for LIVE_S seconds, then stopped. Every subscriber must
 receive every epoch event (and the config and terminal ones); the server's RSS must stay bounded.
-Measured and printed (run with ``-s``; numbers in docs/benchmarks-service.md): events delivered per
+Measured and printed (run with ``-s``; numbers in docs/benchmarks.md): events delivered per
 second, live and in a replay, and delivery latency. Events carry no emit timestamp (the design's event
 fields have none), so latency runs from the moment the service numbered the event (its
 ``--log-level debug`` line ``numbered job=... seq=... t=...``) to the moment the client parsed the

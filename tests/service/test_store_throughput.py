@@ -1,6 +1,6 @@
 """How fast events go through the SQLite store, against a store that keeps them in memory.
 
-Measured and printed (run with ``-s``; numbers in docs/benchmarks-service.md), through the real
+Measured and printed (run with ``-s``; numbers in docs/benchmarks.md), through the real
 ``EventChannel`` (number, encode, store with the job's record, publish after the commit):
 
 - burst: 20 000 events appended at once (group commit: one transaction per batch the writer takes);
