@@ -103,9 +103,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the whole run; each test opens its own context."""
+    """A headless Chromium per test module; each test opens its own context. Module scope, not session:
+    Playwright's sync API keeps an event loop running in this thread while it is open, which would
+    break every later test that calls ``asyncio.run``."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make browser) to run the dashboard tests")
     from playwright.sync_api import sync_playwright
