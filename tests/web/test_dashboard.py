@@ -122,6 +122,18 @@ def test_train_run_shows_live_charts_until_completed(page, server, artifacts: Pa
     assert re.fullmatch(r"\d+\.\d%", row.locator("[data-col=best]").text_content())
     page.screenshot(path=str(artifacts / "completed.png"), full_page=True)
 
+    # Export CSV saves the job's per-epoch metrics: a header and one row per epoch, matching the chart.
+    with page.expect_download() as download_info:
+        page.click("#export-button")
+    download = download_info.value
+    assert download.suggested_filename == f"snnmon-{job_id}-metrics.csv"
+    rows = Path(download.path()).read_text().strip().splitlines()
+    header = rows[0].split(",")
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= set(header)
+    assert len(rows) == 3
+    val_loss = [float(r.split(",")[header.index("val_loss")]) for r in rows[1:]]
+    assert val_loss == pytest.approx(loss[2])
+
 
 def test_invalid_field_shows_the_servers_reason_and_creates_no_job(page, server):
     open_dashboard(page, server)

@@ -57,7 +57,8 @@ function showTokenDialog() {
   });
 }
 
-async function request(method, path, body, { interactive = false, retried = false } = {}) {
+// ``as: "text"`` returns the body as text (the CSV export) instead of parsing JSON.
+async function request(method, path, body, { interactive = false, retried = false, as = "json" } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (token()) headers.Authorization = `Bearer ${token()}`;
@@ -69,10 +70,11 @@ async function request(method, path, body, { interactive = false, retried = fals
   });
   if (response.status === 401 && !retried && (interactive || !declined)) {
     sessionStorage.removeItem(TOKEN_KEY);
-    if (await askForToken()) return request(method, path, body, { interactive, retried: true });
+    if (await askForToken()) return request(method, path, body, { interactive, retried: true, as });
   }
-  let payload = null;
   const text = await response.text();
+  if (as === "text" && response.ok) return text;
+  let payload = null;
   if (text) {
     try {
       payload = JSON.parse(text);
@@ -94,6 +96,8 @@ export const api = {
   stop: (jobId) => request("POST", "/api/training/stop", { job_id: jobId }, { interactive: true }),
   status: (jobId, { interactive = true } = {}) => request("GET", `/api/training/status/${enc(jobId)}`, undefined, { interactive }),
   jobs: () => request("GET", "/api/training/jobs"),
+  metricsCsv: (jobId) =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv`, undefined, { interactive: true, as: "text" }),
 };
 
 // EventSource cannot send headers: the token travels as ?access_token=. A manual reconnect (after

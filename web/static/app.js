@@ -92,6 +92,26 @@ async function onStop() {
   }
 }
 
+// The per-epoch metrics of the selected job as a CSV file. Fetched through the API client (so a token
+// is sent as a header) and saved from a Blob, since a plain link could not carry the header.
+async function onExport() {
+  if (!job) return;
+  const jobId = job.jobId;
+  try {
+    const csv = await api.metricsCsv(jobId);
+    const url = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `snnmon-${jobId}-metrics.csv`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (err) {
+    if (job && job.jobId === jobId) monitor.showError(`could not export: ${err.message}`);
+  }
+}
+
 // -- start-up
 
 const jobsList = new JobsList($("#jobs-table tbody"), {
@@ -129,6 +149,7 @@ async function init() {
   $("#train-form").addEventListener("submit", onTrain);
   $("#reset-button").addEventListener("click", () => form && form.reset());
   $("#stop-button").addEventListener("click", onStop);
+  $("#export-button").addEventListener("click", onExport);
   jobsList.start();
   const requested = new URLSearchParams(window.location.search).get("job");
   if (requested) watch(requested);

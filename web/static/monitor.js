@@ -82,6 +82,7 @@ export class Monitor {
     badge.dataset.status = "";
     badge.className = "status";
     $("#stop-button").disabled = true;
+    $("#export-button").disabled = false;
   }
 
   setStatus(status, { force = false } = {}) {
