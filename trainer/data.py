@@ -153,8 +153,7 @@ def encode(images: torch.Tensor, encoding: str, timesteps: int, mean: float, std
     """
     pixels = images.float().div_(255)
     if encoding == "rate":
-        noise = torch.rand((timesteps, *pixels.shape), generator=generator, device=pixels.device) \
-            if generator is None or generator.device == pixels.device else \
-            torch.rand((timesteps, *pixels.shape), generator=generator).to(pixels.device)
+        # the generator, when given, lives on the images' device (trainer.train makes it so)
+        noise = torch.rand((timesteps, *pixels.shape), generator=generator, device=pixels.device)
         return (noise < pixels).float()
     return pixels.sub_(mean).div_(std)
