@@ -164,7 +164,9 @@ def test_stop_ends_the_selected_job_and_train_works_again(page, server):
     # A new run replaces the old one's panels and stream.
     short_job = start_from_form(page, {**FAST, "epochs": 1})
     assert short_job != long_job
-    assert page.evaluate("window.snnmon.stream.jobId") == short_job
+    # Its stream opens once the page has read the new job's record; the old one is closed.
+    page.wait_for_function("id => window.snnmon.stream && window.snnmon.stream.jobId === id", arg=short_job,
+                           timeout=10_000)
     wait_status(page, "completed")
     wait_points(page, "loss", 1, timeout=5_000)
     assert points(page, "loss") == 1  # a one-epoch run still shows its point

@@ -18,6 +18,7 @@ let job = null; // {jobId, stream}: the selected job
 async function watch(jobId) {
   if (job && job.jobId === jobId) return;
   if (job && job.stream) job.stream.close();
+  window.snnmon.stream = null; // the new selection's stream opens once its record has been read
   const mine = { jobId, stream: null };
   job = mine;
   monitor.reset(jobId);
