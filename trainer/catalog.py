@@ -85,6 +85,9 @@ SURROGATES: tuple[SurrogateSpec, ...] = (
 
 _BETA = Param("beta", 0.9, "membrane decay per timestep, in (0, 1)")
 _THRESHOLD = Param("threshold", 1.0, "firing threshold, > 0")
+# Below the rheobase, so with no input the membrane falls back to rest (the textbook reset; subtracting
+# the threshold left ExpIF above the point where the exponential outgrows the leak, firing forever).
+_V_RESET = Param("v_reset", 0.0, "membrane right after a spike (ExpIF/AdEx reset to it), below v_rh")
 
 CELLS: tuple[CellSpec, ...] = (
     CellSpec(
@@ -100,19 +103,19 @@ CELLS: tuple[CellSpec, ...] = (
         (_BETA, Param("threshold", 1.0, "baseline threshold th0, > 0"),
          Param("rho", 0.99, "adaptation decay"), Param("b", 1.8, "adaptation strength")),
         ("beta", "threshold"),
-        "v = beta v + I; threshold_t = th0 + b a; a = rho a + s",
+        "v = beta v + I; threshold_t = th0 + b a; a = rho a + (1 - rho) s (Bellec et al. 2018)",
     ),
     CellSpec(
         "ExpIFCell", "cell", "Exponential integrate-and-fire (bounded exponential, silent at rest)",
         (_BETA, _THRESHOLD, Param("delta", 0.5, "slope factor Delta"),
-         Param("v_rh", 0.8, "rheobase potential")),
+         Param("v_rh", 0.8, "rheobase potential"), _V_RESET),
         ("beta", "threshold"),
-        "v = beta v + (1 - beta) Delta (exp((v - v_rh)/Delta) - exp(-v_rh/Delta)) + I",
+        "v = beta v + (1 - beta) Delta (exp((v - v_rh)/Delta) - exp(-v_rh/Delta)) + I; on a spike v = v_reset",
     ),
     CellSpec(
         "AdExCell", "cell", "Adaptive exponential integrate-and-fire",
         (_BETA, _THRESHOLD, Param("delta", 0.5, "slope factor Delta"),
-         Param("v_rh", 0.8, "rheobase potential"), Param("a", 0.01, "subthreshold adaptation"),
+         Param("v_rh", 0.8, "rheobase potential"), _V_RESET, Param("a", 0.01, "subthreshold adaptation"),
          Param("b", 0.1, "spike-triggered adaptation"), Param("rho", 0.99, "adaptation decay")),
         ("beta", "threshold"),
         "ExpIF with v -= w; w = rho w + a (v - v_rest) + b s",

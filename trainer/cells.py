@@ -3,11 +3,14 @@
 Every cell integrates an input current ``I`` into a membrane ``v``, spikes with ``s = spike_fn(v - th)``
 computed from the updated membrane, and resets by subtracting the threshold in effect,
 ``v = v - sg(s) th``, where ``sg`` stops the gradient: the reset shapes the forward trajectory but
-carries no gradient (Zenke & Vogels 2021). Per timestep, for each cell (defaults in ``trainer.catalog``):
+carries no gradient (Zenke & Vogels 2021). ExpIF and AdEx instead reset to a fixed potential as the
+textbook models do, ``v = v - sg(s) (v - v_reset)``: past the rheobase their exponential term outgrows
+the leak, so subtracting the threshold could leave a membrane that keeps firing with no input.
+Per timestep, for each cell (defaults in ``trainer.catalog``):
 
 - LIFCell (Lapicque 1907; Gerstner et al. 2014, ch. 1):   v = beta v + I
 - IFCell:                                                  v = v + I
-- ALIFCell (Bellec et al. 2018, LSNN):      v = beta v + I; th_t = th0 + b a; a = rho a + s
+- ALIFCell (Bellec et al. 2018, LSNN):      v = beta v + I; th_t = th0 + b a; a = rho a + (1 - rho) s
 - ExpIFCell (Fourcaud-Trocme et al. 2003):  v = beta v + (1 - beta) D (exp((v - v_rh)/D) - exp(-v_rh/D)) + I
 - AdExCell (Brette & Gerstner 2005):        ExpIF with v -= w; w = rho w + a v + b s   (v_rest = 0)
 - LapicqueCell (Lapicque 1907):             v = (1 - dt/tau) v + (R dt/tau) I
@@ -53,6 +56,11 @@ def _reset(v: Tensor, spike: Tensor, threshold: Tensor) -> Tensor:
     return torch.addcmul(v, spike.detach(), threshold, value=-1.0)
 
 
+def _reset_to(v: Tensor, spike: Tensor, v_reset: float) -> Tensor:
+    """v - sg(spike) (v - v_reset): a spiking neuron restarts from v_reset; no gradient through the spike."""
+    return torch.addcmul(v, spike.detach(), v - v_reset, value=-1.0)
+
+
 # --- LIF, IF, Lapicque: one membrane -------------------------------------------------------------
 
 class LIFParams(NamedTuple):
@@ -87,7 +95,7 @@ class ALIFParams(NamedTuple):
 
 class ALIFState(NamedTuple):
     v: Tensor  # [B, *shape]
-    a: Tensor  # [B, *shape] adaptation trace of past spikes
+    a: Tensor  # [B, *shape] adaptation trace of past spikes, a low-pass of s in [0, 1]
 
 
 def alif_step(x: Tensor, state: ALIFState, p: ALIFParams, spike_fn: SpikeFn) -> tuple[Tensor, ALIFState]:
@@ -95,7 +103,8 @@ def alif_step(x: Tensor, state: ALIFState, p: ALIFParams, spike_fn: SpikeFn) -> 
     threshold = p.threshold + p.b * state.a  # [B, *shape], the threshold in effect this step
     spike = spike_fn(v - threshold)
     v = _reset(v, spike, threshold)
-    return spike, ALIFState(v, torch.add(spike, state.a, alpha=p.rho))
+    # (1 - rho) s as in Bellec et al.'s code: a steady rate r gives a = r, so th0 + b r stays within b of th0
+    return spike, ALIFState(v, torch.lerp(spike, state.a, p.rho))
 
 
 # --- ExpIF and AdEx: bounded exponential upswing --------------------------------------------------
@@ -107,6 +116,7 @@ class ExpIFParams(NamedTuple):
     inv_delta: float  # 1 / slope factor Delta
     scale: Tensor  # (1 - beta) Delta
     exp_at_rest: float  # exp(-v_rh / Delta), so the drive is 0 at v = 0
+    v_reset: float  # the membrane right after a spike
 
 
 class AdExParams(NamedTuple):
@@ -130,13 +140,13 @@ def _exp_drive(v: Tensor, p: ExpIFParams) -> Tensor:
 def expif_step(x: Tensor, state: LIFState, p: ExpIFParams, spike_fn: SpikeFn) -> tuple[Tensor, LIFState]:
     v = torch.addcmul(x, state.v, p.beta) + _exp_drive(state.v, p)
     spike = spike_fn(v - p.threshold)
-    return spike, LIFState(_reset(v, spike, p.threshold))
+    return spike, LIFState(_reset_to(v, spike, p.v_reset))
 
 
 def adex_step(x: Tensor, state: AdExState, p: AdExParams, spike_fn: SpikeFn) -> tuple[Tensor, AdExState]:
     v = torch.addcmul(x - state.w, state.v, p.exp.beta) + _exp_drive(state.v, p.exp)
     spike = spike_fn(v - p.exp.threshold)
-    v = _reset(v, spike, p.exp.threshold)
+    v = _reset_to(v, spike, p.exp.v_reset)
     w = p.rho * state.w + p.a * v + p.b * spike  # a (v - v_rest) with v_rest = 0
     return spike, AdExState(v, w)
 
@@ -330,7 +340,8 @@ class ExpIFCell(SpikingCell):
 
     def step_params(self, like: Tensor) -> ExpIFParams:
         beta, delta, v_rh = self.beta(), self.values["delta"], self.values["v_rh"]
-        return ExpIFParams(beta, self.threshold(), v_rh, 1 / delta, (1 - beta) * delta, math.exp(-v_rh / delta))
+        return ExpIFParams(beta, self.threshold(), v_rh, 1 / delta, (1 - beta) * delta, math.exp(-v_rh / delta),
+                           self.values["v_reset"])
 
 
 class AdExCell(ExpIFCell):

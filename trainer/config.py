@@ -17,6 +17,8 @@ from typing import Any
 from trainer import catalog
 
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch accepts it too
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "step", "onecycle")
 _CUDA_DEVICE = re.compile(r"^cuda:(\d{1,2})$")
 
 
@@ -64,15 +66,26 @@ FIELDS: tuple[Field, ...] = (
           aliases={a: s.name for s in catalog.SURROGATES for a in s.aliases}),
     Field("epochs", "int", 10, "passes over the training set", min=1, max=100),
     Field("batch_size", "int", 64, "samples per optimiser step", min=8, max=512),
-    Field("lr", "float", 0.001, "Adam learning rate", min=0.0001, max=0.1),
+    Field("lr", "float", 0.001, "learning rate (the peak, where a schedule changes it)", min=0.0001, max=0.1),
+    Field("optimizer", "str", "adam", "adam, adamw (decoupled weight decay) or sgd (momentum 0.9)",
+          choices=OPTIMIZERS),
+    Field("weight_decay", "float", 0.0, "weight decay (adamw: decoupled; adam, sgd: L2 added to the "
+          "gradient)", min=0.0, max=0.5),
+    Field("lr_schedule", "str", "constant", "learning rate per step after the warmup: constant, cosine "
+          "(to 0 at the end), step (x0.1 at 1/2 and 3/4 of the epochs) or onecycle (up from lr/25 over "
+          "the warmup, or 30% of steps without one, then cosine down to lr/25e4)", choices=LR_SCHEDULES),
+    Field("warmup_epochs", "int", 0, "epochs of linear warmup from lr/steps to lr (fewer than epochs)",
+          min=0, max=20),
+    Field("grad_clip", "float", 0.0, "largest global gradient norm; 0 turns clipping off", min=0.0, max=100.0),
     Field("timesteps", "int", 25, "simulation steps per sample", min=5, max=100),
     Field("hidden", "int_list", [128], "hidden layer sizes (SpikingNet)", min=1, max=4096,
           min_len=1, max_len=4),
     Field("learn_beta", "bool", False, "train each layer's membrane decay"),
     Field("learn_threshold", "bool", False, "train each layer's firing threshold"),
     Field("encoding", "str", "direct", "input encoding: the image as a constant current every "
-          "timestep (direct) or Bernoulli spikes with pixel probability (rate)",
-          choices=("direct", "rate")),
+          "timestep (direct), Bernoulli spikes with pixel probability (rate) or one spike per pixel, "
+          "brighter pixels earlier (latency)",
+          choices=("direct", "rate", "latency")),
     Field("seed", "seed", None, "random seed; empty picks one and reports it", min=0, max=SEED_MAX),
     Field("device", "str", "auto", "auto, cpu, cuda or cuda:N"),
     Field("mnist_fallback", "str", "none", "what to do when MNIST files are missing: fail (none) "
@@ -155,6 +168,11 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.001
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    grad_clip: float = 0.0
     timesteps: int = 25
     hidden: tuple[int, ...] = (128,)
     learn_beta: bool = False
@@ -205,8 +223,12 @@ def _defaults() -> dict[str, Any]:
 
 
 def _cross_field_errors(values: dict[str, Any]) -> dict[str, str]:
-    """Rules that involve more than one field: learn flags that mean nothing for the chosen cell."""
+    """Rules that involve more than one field: learn flags that mean nothing for the chosen cell, a
+    warmup that would not end before training does."""
     errors = {}
+    if values["warmup_epochs"] and values["warmup_epochs"] >= values["epochs"]:
+        errors["warmup_epochs"] = (f"must be fewer than epochs ({values['epochs']}), got "
+                                   f"{values['warmup_epochs']}")
     learnable = catalog.CELLS_BY_NAME[values["cell_type"]].learnable
     for flag, what in (("learn_beta", "beta"), ("learn_threshold", "threshold")):
         if values[flag] and what not in learnable:

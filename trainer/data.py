@@ -148,10 +148,17 @@ def encode(images: torch.Tensor, encoding: str, timesteps: int, mean: float, std
            generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 images [B, 1, 28, 28] -> model input.
 
-    direct: the normalised image [B, 1, 28, 28], a constant current the model applies every step.
-    rate:   Bernoulli spikes [T, B, 1, 28, 28] with the pixel intensity (0..1) as probability.
+    direct:  the normalised image [B, 1, 28, 28], a constant current the model applies every step.
+    rate:    Bernoulli spikes [T, B, 1, 28, 28] with the pixel intensity (0..1) as probability.
+    latency: time to first spike [T, B, 1, 28, 28]: each pixel of intensity p > 0 spikes once, at step
+             round((1 - p) (T - 1)), so a white pixel fires at step 0 and the faintest near step T - 1;
+             black pixels (p = 0) carry no information and never fire.
     """
     pixels = images.float().div_(255)
+    if encoding == "latency":
+        fire_at = ((1 - pixels) * (timesteps - 1)).round_()  # [B, 1, 28, 28], step index
+        steps = torch.arange(timesteps, device=pixels.device, dtype=pixels.dtype).view(-1, 1, 1, 1, 1)
+        return ((steps == fire_at) & (pixels > 0)).float()  # [T, B, 1, 28, 28]
     if encoding == "rate":
         # the generator, when given, lives on the images' device (trainer.train makes it so)
         noise = torch.rand((timesteps, *pixels.shape), generator=generator, device=pixels.device)

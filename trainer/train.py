@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from trainer import data as datasets
 from trainer.config import TrainConfig
 from trainer.models import build_model
+from trainer.optim import build_optimizer, build_scheduler, clip_gradients
 
 Emit = Callable[[str, dict], None]
 BATCH_EVENT_INTERVAL_S = 0.1  # at most about 10 batch events a second: enough for a live progress bar
@@ -61,7 +62,9 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
 
     # -- model and optimiser
     model = build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(model, config)
+    n_train_batches = datasets.n_batches(bundle.n_train, config.batch_size)
+    scheduler = build_scheduler(optimizer, config, n_train_batches)  # stepped once per optimiser step
     layers = model.spiking_layers()
     config_event = {
         "job_id": job_id, "device": device, "dataset": bundle.name,
@@ -74,14 +77,13 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
     emit("config", config_event)
 
     def model_input(images: torch.Tensor) -> torch.Tensor:
-        # direct: [B, 1, 28, 28] normalised; rate: [T, B, 1, 28, 28] spikes
+        # direct: [B, 1, 28, 28] normalised; rate, latency: [T, B, 1, 28, 28] spikes
         return datasets.encode(images, config.encoding, config.timesteps, bundle.mean, bundle.std, encode_gen)
 
     def check_stop(epoch: int) -> None:
         if should_stop():
             raise StopRequested(epoch)
 
-    n_train_batches = datasets.n_batches(bundle.n_train, config.batch_size)
     epoch = 0
     last = {}
     try:
@@ -103,6 +105,7 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                     raise NonFiniteLoss(f"loss became {loss_value} at epoch {epoch}, batch {batch_index}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                clip_gradients(model, config.grad_clip)
                 optimizer.step()
 
                 batch_size = labels.shape[0]
@@ -118,7 +121,9 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                         "epoch": epoch, "batch": batch_index, "n_batches": n_train_batches,
                         "loss": loss_sum / seen, "accuracy": correct / seen,
                         "samples_per_s": seen / max(now - epoch_start, 1e-9),
+                        "lr": optimizer.param_groups[0]["lr"],  # the rate this batch's step used
                     })
+                scheduler.step()  # after the report, so the event shows the rate that was used
             train_loss, train_accuracy = loss_sum / seen, correct / seen
 
             # -- validate

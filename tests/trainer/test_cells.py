@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer import catalog, surrogates
 from trainer.cells import CELL_CLASSES, EXP_ARG_MAX, LIFCell, RecurrentLIFCell
@@ -74,7 +76,7 @@ def ref_alif(xs, p):
         th = p["threshold"] + p["b"] * a
         s = _fire(v, th)
         v -= s * th
-        a = p["rho"] * a + s
+        a = p["rho"] * a + (1 - p["rho"]) * s  # Bellec et al. 2018
         vs.append(v)
         ss.append(s)
     return vs, ss
@@ -90,7 +92,7 @@ def ref_expif(xs, p):
     for x in xs:
         v = p["beta"] * v + _exp_drive(v, p) + x
         s = _fire(v, p["threshold"])
-        v -= s * p["threshold"]
+        v = p["v_reset"] if s else v
         vs.append(v)
         ss.append(s)
     return vs, ss
@@ -101,7 +103,7 @@ def ref_adex(xs, p):
     for x in xs:
         v = p["beta"] * v + _exp_drive(v, p) + x - w
         s = _fire(v, p["threshold"])
-        v -= s * p["threshold"]
+        v = p["v_reset"] if s else v
         w = p["rho"] * w + p["a"] * v + p["b"] * s
         vs.append(v)
         ss.append(s)
@@ -366,8 +368,8 @@ def test_fused_recurrence_accepts_a_broadcast_current_and_a_bare_spike_function(
 
 
 def test_alif_adaptation_keeps_its_gradient():
-    """Unlike the reset, the adaptation passes gradient on: with a spike at t=0 and a = s_0,
-    ds_1/dx_0 = f'(h_1) (beta - b f'(h_0)), where the -b f'(h_0) comes through th_1 = th0 + b a."""
+    """Unlike the reset, the adaptation passes gradient on: with a spike at t=0 and a = (1 - rho) s_0,
+    ds_1/dx_0 = f'(h_1) (beta - b (1 - rho) f'(h_0)), the second term through th_1 = th0 + b a."""
     cell = CELL_CLASSES["ALIFCell"]((1,), ATAN)
     p = catalog.cell_param_defaults("ALIFCell")
     current = torch.tensor([[[1.4]], [[0.5]]]).requires_grad_()
@@ -375,9 +377,10 @@ def test_alif_adaptation_keeps_its_gradient():
     assert spikes.flatten().tolist() == [1.0, 0.0]
     (grad,) = torch.autograd.grad(spikes[1].sum(), current)
     h0 = 1.4 - p["threshold"]
-    h1 = p["beta"] * (1.4 - p["threshold"]) + 0.5 - (p["threshold"] + p["b"] * 1.0)
+    a_1 = 1 - p["rho"]
+    h1 = p["beta"] * (1.4 - p["threshold"]) + 0.5 - (p["threshold"] + p["b"] * a_1)
     f = ATAN.pseudo_derivative
-    expected = f(torch.tensor(h1)) * (p["beta"] - p["b"] * f(torch.tensor(h0)))
+    expected = f(torch.tensor(h1)) * (p["beta"] - p["b"] * a_1 * f(torch.tensor(h0)))
     assert grad[0].item() == pytest.approx(expected.item(), rel=1e-9)
 
 
@@ -391,3 +394,51 @@ def test_adex_adaptation_keeps_its_gradient():
     b = catalog.cell_param_defaults("AdExCell")["b"]
     f0 = ATAN.pseudo_derivative(torch.tensor(1.4 - 1.0)).item()
     assert (with_surrogate - without)[0].item() == pytest.approx(-b * f0, rel=1e-9)
+
+
+# --- return to rest: after any input, zero input brings every cell back to rest and silence -------------
+
+REST_STEPS = 1000  # ALIF's and AdEx's adaptation decay with rho = 0.99: 0.99^1000 ~ 4e-5
+REST_TOLERANCE = 1e-3
+
+
+@pytest.mark.parametrize("cell_type", ALL_CELLS)
+@settings(max_examples=8, deadline=None, database=None)
+@given(seed=st.integers(0, 2**31 - 1), length=st.integers(1, 40), scale=st.floats(0.1, 50.0),
+       bias=st.floats(-1.0, 1.0))
+def test_every_cell_returns_to_rest_and_stops_firing_after_its_input_ends(cell_type, seed, length, scale, bias):
+    """Any input (here 32 random sequences per example, both signs, up to 50 times the threshold) followed
+    by zero input: the cell stops firing and every state variable returns to 0.
+
+    IF has no leak: reset by subtraction, it fires out the charge it holds above the threshold, one spike
+    per threshold, then keeps the sub-threshold rest of it unchanged."""
+    cell = CELL_CLASSES[cell_type]((8,), ATAN)
+    gen = torch.Generator().manual_seed(seed)
+    gain = {"LapicqueCell": 20.0}.get(cell_type, 1.0)  # its input gain R dt / tau is 1/20
+    drive = gain * scale * (torch.randn(length, 4, 8, generator=gen) + bias)
+    rest_steps = REST_STEPS
+    if cell_type == "IFCell":
+        held = torch.cumsum(drive, 0).max().item()  # at most the charge it can hold at the input's end
+        rest_steps += max(0, math.ceil(held))
+    with torch.no_grad():
+        spikes, states = run_steps(cell, torch.cat([drive, torch.zeros(rest_steps, 4, 8)]))
+    quiet_from = length + rest_steps - REST_STEPS // 2
+    assert spikes[quiet_from:].sum().item() == 0, f"still firing {rest_steps - REST_STEPS // 2} steps after the input"
+    if cell_type == "IFCell":
+        assert torch.equal(states[-1].v, states[quiet_from].v) and states[-1].v.max().item() <= 1.0
+    else:
+        for name, value in states[-1]._asdict().items():
+            assert value.abs().max().item() < REST_TOLERANCE, f"{name} did not return to rest"
+
+
+@pytest.mark.parametrize("cell_type", ["ExpIFCell", "AdExCell"])
+def test_exponential_cells_do_not_lock_into_firing(cell_type):
+    """Issue 11's case: one step of 3.5 then 59 zero steps fired 59 times when ExpIF reset by subtraction
+    (v - th stayed past the point where the exponential outgrows the leak); with the reset to v_reset it
+    fires once."""
+    cell = CELL_CLASSES[cell_type]((1,), ATAN)
+    current = torch.zeros(60, 1, 1)
+    current[0] = 3.5
+    spikes, states = run_steps(cell, current)
+    assert spikes.flatten().tolist() == [1.0] + [0.0] * 59
+    assert states[0].v.item() == catalog.cell_param_defaults(cell_type)["v_reset"]

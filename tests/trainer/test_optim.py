@@ -1,0 +1,104 @@
+"""The training recipe: each optimiser and schedule trains a real job, and the ``lr`` its batch events
+report follows the schedule's formula step by step (formulas restated here, independently of
+``trainer.optim``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer import optim, train as train_module
+from trainer.config import TrainConfig
+from trainer.train import train
+
+LR = 0.01
+EPOCHS = 3
+BATCH = 512
+STEPS_PER_EPOCH = math.ceil(6000 / BATCH)  # 12 on the 6,000-image synthetic set
+TOTAL = EPOCHS * STEPS_PER_EPOCH
+
+
+def expected_lr(schedule: str, step: int, warmup_epochs: int) -> float:
+    warmup = warmup_epochs * STEPS_PER_EPOCH
+    if schedule == "onecycle":
+        rise = warmup or round(0.3 * TOTAL)
+        if step < rise:  # linear from lr/25 to lr
+            return LR / 25 + (LR - LR / 25) * step / rise
+        low = LR / 25 / 1e4
+        return low + (LR - low) * 0.5 * (1 + math.cos(math.pi * (step - rise) / (TOTAL - rise)))
+    if step < warmup:
+        return LR * (step + 1) / warmup
+    if schedule == "cosine":
+        return LR * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (TOTAL - warmup)))
+    if schedule == "step":  # x0.1 from half way, x0.01 from three quarters
+        return LR * (1 if step < TOTAL / 2 else 0.1 if step < 3 * TOTAL / 4 else 0.01)
+    return LR
+
+
+def run(monkeypatch, **fields) -> dict[str, list[dict]]:
+    monkeypatch.setattr(train_module, "BATCH_EVENT_INTERVAL_S", 0.0)  # a batch event for every step
+    config = TrainConfig.from_dict({"epochs": EPOCHS, "batch_size": BATCH, "lr": LR, "hidden": [32],
+                                    "timesteps": 5, "seed": 2, "device": "cpu", **fields})
+    events: dict[str, list[dict]] = {}
+    outcome = train(config, lambda name, data: events.setdefault(name, []).append(data), allow_download=False)
+    assert outcome == "completed", events.get("error")
+    return events
+
+
+@pytest.mark.parametrize("schedule,warmup_epochs", [("constant", 0), ("constant", 1), ("cosine", 1),
+                                                     ("step", 0), ("onecycle", 0), ("onecycle", 1)])
+def test_lr_in_batch_events_follows_the_schedule_and_the_job_learns(monkeypatch, schedule, warmup_epochs):
+    events = run(monkeypatch, lr_schedule=schedule, warmup_epochs=warmup_epochs)
+    batches = events["batch"]
+    steps = [b["epoch"] * b["n_batches"] + b["batch"] for b in batches]
+    assert steps == list(range(TOTAL)), "one batch event per optimiser step"
+    for step, batch in zip(steps, batches):
+        assert batch["lr"] == pytest.approx(expected_lr(schedule, step, warmup_epochs), rel=1e-9, abs=1e-15), step
+    lrs = [b["lr"] for b in batches]
+    if schedule != "constant" or warmup_epochs:
+        assert len(set(lrs)) > 2, "the rate moves within the run"
+    assert events["completed"][0]["val_accuracy"] >= 0.7
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("adam", 0.0), ("adamw", 0.01), ("sgd", 1e-4)])
+def test_each_optimizer_trains_a_job(monkeypatch, optimizer, weight_decay):
+    fields = {"optimizer": optimizer, "weight_decay": weight_decay, "epochs": 2}
+    if optimizer == "sgd":
+        fields["lr"] = 0.1  # SGD wants a larger step than Adam's 0.01
+    events = run(monkeypatch, **fields)
+    assert events["config"][0]["config"]["optimizer"] == optimizer
+    first, last = events["epoch"][0], events["epoch"][-1]
+    assert last["train_loss"] < events["batch"][0]["loss"]
+    assert last["val_accuracy"] >= 0.7, (first, last)
+
+
+def test_optimizers_are_built_as_configured():
+    model = torch.nn.Linear(3, 2)
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)):
+        opt = optim.build_optimizer(model, TrainConfig(optimizer=name, lr=0.02, weight_decay=0.05))
+        assert type(opt) is cls
+        group = opt.param_groups[0]
+        assert (group["lr"], group["weight_decay"]) == (0.02, 0.05)
+        if name == "sgd":
+            assert group["momentum"] == 0.9
+
+
+def test_grad_clip_caps_the_global_norm_and_zero_leaves_gradients_alone():
+    model = torch.nn.Linear(4, 3)
+    (model(torch.ones(2, 4)) * 100).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in before]))
+    assert norm > 1
+    optim.clip_gradients(model, 0.0)
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))
+    optim.clip_gradients(model, 1.0)
+    clipped = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.linalg.vector_norm(clipped).item() == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(clipped, torch.cat([g.flatten() for g in before]) / norm, rtol=1e-5, atol=0)
+
+
+def test_a_clipped_job_trains(monkeypatch):
+    events = run(monkeypatch, grad_clip=0.5, epochs=2)
+    assert events["completed"][0]["val_accuracy"] >= 0.7
