@@ -2,6 +2,11 @@
 
 Each reference below re-states its cell's equation from ``trainer.catalog`` one neuron at a time; the
 cell must match it step by step (membrane after reset, spikes), with learned and fixed parameters alike.
+
+Changed in issue 11: ALIF's adaptation is ``a = rho a + (1 - rho) s`` (Bellec et al. 2018; before,
+``a = rho a + s``, so one spike raised the threshold from 1.0 to 2.8), and ExpIF and AdEx reset to
+``v_reset`` instead of subtracting the threshold (which could leave ExpIF firing forever with no input);
+their references below changed with them.
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ DESIGN_DEFAULTS = {
     "hidden": (128,), "surrogate": "atan_surrogate", "learn_beta": False, "learn_threshold": False,
     "cell_type": "LIFCell", "network": "SpikingNet", "seed": None, "device": "auto",
     "encoding": "direct", "mnist_fallback": "none",
+    # issue 11's training recipe: Adam at a constant rate, no weight decay, no clipping, as before
+    "optimizer": "adam", "weight_decay": 0.0, "lr_schedule": "constant", "warmup_epochs": 0, "grad_clip": 0.0,
 }
 BOUNDS = {  # field: (low, high) from the design's table
     "epochs": (1, 100), "batch_size": (8, 512), "lr": (0.0001, 0.1), "timesteps": (5, 100),
+    "weight_decay": (0.0, 0.5), "grad_clip": (0.0, 100.0),
 }
 
 
@@ -36,7 +39,7 @@ def test_bounds_are_inclusive_and_one_past_is_rejected(name):
     low, high = BOUNDS[name]
     assert getattr(TrainConfig.from_dict({name: low}), name) == low
     assert getattr(TrainConfig.from_dict({name: high}), name) == high
-    step = 1 if isinstance(low, int) else low / 10
+    step = 1 if isinstance(low, int) else (low / 10 or 0.01)
     for bad in (low - step, high + step):
         assert "between" in reasons({name: bad})[name]
 
@@ -118,3 +121,16 @@ def test_schema_lists_every_field_with_bounds_and_choices():
     assert (fields["epochs"]["min"], fields["epochs"]["max"]) == (1, 100)
     assert fields["surrogate"]["aliases"]["atan"] == "atan_surrogate"
     assert fields["cell_type"]["choices"] == [c.name for c in catalog.CELLS]
+
+
+def test_training_recipe_fields():
+    config = TrainConfig.from_dict({"optimizer": "sgd", "weight_decay": 0.01, "lr_schedule": "onecycle",
+                                    "warmup_epochs": 2, "epochs": 3, "grad_clip": 1})
+    assert (config.optimizer, config.lr_schedule, config.warmup_epochs, config.grad_clip) == ("sgd", "onecycle", 2, 1.0)
+    got = reasons({"optimizer": "rmsprop", "lr_schedule": "linear", "warmup_epochs": 21})
+    assert "adam, adamw, sgd" in got["optimizer"]
+    assert "constant, cosine, step, onecycle" in got["lr_schedule"]
+    assert "between 0 and 20" in got["warmup_epochs"]
+    assert "fewer than epochs (10)" in reasons({"warmup_epochs": 10})["warmup_epochs"]
+    assert "fewer than epochs (3)" in reasons({"warmup_epochs": 3, "epochs": 3})["warmup_epochs"]
+    assert TrainConfig.from_dict({"encoding": "latency"}).encoding == "latency"

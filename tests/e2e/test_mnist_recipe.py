@@ -1,0 +1,57 @@
+"""The documented ConvSpikingNet recipe for >= 99.3% on MNIST (docs/benchmarks.md): its first steps are
+on track. The full run (15 epochs) takes hours on a CPU and is not part of CI.
+
+Reads the shared MNIST copy like ``test_mnist_accuracy.py`` and skips, saying so, where it is absent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import mnist, train as train_module
+from trainer.config import TrainConfig
+
+# The shared read-only copy beside the checkout; SNNMON_TEST_MNIST points elsewhere (a git worktree).
+SHARED_MNIST = Path(os.environ.get("SNNMON_TEST_MNIST")
+                    or Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "mnist")
+
+# The recipe, as written in docs/benchmarks.md ("ConvSpikingNet to 99.3%").
+RECIPE = {"dataset": "mnist", "network": "ConvSpikingNet", "cell_type": "LIFCell", "surrogate": "atan",
+          "timesteps": 10, "batch_size": 64, "epochs": 15, "optimizer": "adamw", "lr": 0.001,
+          "weight_decay": 0.01, "lr_schedule": "cosine", "warmup_epochs": 0, "seed": 3}
+STEPS = 60  # of the first epoch's 938
+# Measured (docs/benchmarks.md): training accuracy over the first 60 steps 0.XX; the bar leaves a margin.
+ON_TRACK = 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # about 20 s on a quiet 2-core machine; several minutes when it is busy
+def test_conv_recipe_first_steps_are_on_track(monkeypatch):
+    missing = [name for name in mnist.FILES if name not in mnist.locate(SHARED_MNIST)]
+    if missing:
+        pytest.skip(f"real MNIST not available: {', '.join(missing)} not found in {SHARED_MNIST}")
+    monkeypatch.setattr(train_module, "BATCH_EVENT_INTERVAL_S", 0.0)  # every step's lr and accuracy
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    batches: list[dict] = []
+    started = time.perf_counter()
+    try:
+        outcome = train_module.train(
+            TrainConfig.from_dict(RECIPE), lambda name, data: batches.append(data) if name == "batch" else None,
+            should_stop=lambda: len(batches) >= STEPS, device="cpu", data_dir=SHARED_MNIST, allow_download=False)
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert outcome == "stopped" and len(batches) == STEPS
+    total = RECIPE["epochs"] * batches[0]["n_batches"]
+    for step, batch in enumerate(batches):  # cosine from 1e-3 over all 15 epochs, no warmup
+        assert batch["lr"] == pytest.approx(0.0005 * (1 + math.cos(math.pi * step / total)), rel=1e-9)
+    accuracy = batches[-1]["accuracy"]
+    print(f"recipe: training accuracy over the first {STEPS} steps {accuracy:.4f}, "
+          f"loss {batches[-1]['loss']:.4f}, {time.perf_counter() - started:.0f} s")
+    assert accuracy >= ON_TRACK
