@@ -55,3 +55,21 @@ def test_conv_recipe_first_steps_are_on_track(monkeypatch):
     print(f"recipe: training accuracy over the first {STEPS} steps {accuracy:.4f}, "
           f"loss {batches[-1]['loss']:.4f}, {time.perf_counter() - started:.0f} s")
     assert accuracy >= ON_TRACK
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.timeout(3600)
+def test_conv_recipe_reaches_99_3_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the recipe's 15 ConvSpikingNet epochs take hours on a CPU")
+    missing = [name for name in mnist.FILES if name not in mnist.locate(SHARED_MNIST)]
+    if missing:
+        pytest.skip(f"real MNIST not available: {', '.join(missing)} not found in {SHARED_MNIST}")
+    epochs: list[float] = []
+    outcome = train_module.train(
+        TrainConfig.from_dict(RECIPE),
+        lambda name, data: epochs.append(data["val_accuracy"]) if name == "epoch" else None,
+        device="cuda", data_dir=SHARED_MNIST, allow_download=False)
+    print(f"recipe on {torch.cuda.get_device_name()}: val accuracy by epoch {[round(a, 4) for a in epochs]}")
+    assert outcome == "completed" and epochs[-1] >= 0.993, epochs
