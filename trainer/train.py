@@ -106,7 +106,9 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_gradients(model, config.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
                 optimizer.step()
+                scheduler.step()  # the next step's rate
 
                 batch_size = labels.shape[0]
                 loss_sum += loss_value * batch_size
@@ -121,9 +123,8 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                         "epoch": epoch, "batch": batch_index, "n_batches": n_train_batches,
                         "loss": loss_sum / seen, "accuracy": correct / seen,
                         "samples_per_s": seen / max(now - epoch_start, 1e-9),
-                        "lr": optimizer.param_groups[0]["lr"],  # the rate this batch's step used
+                        "lr": float(lr),
                     })
-                scheduler.step()  # after the report, so the event shows the rate that was used
             train_loss, train_accuracy = loss_sum / seen, correct / seen
 
             # -- validate
