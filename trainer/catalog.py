@@ -122,7 +122,10 @@ CELLS: tuple[CellSpec, ...] = (
     ),
     CellSpec(
         "LapicqueCell", "cell", "Lapicque's RC neuron; decay and gain follow from tau, R and dt",
-        (Param("tau", 20.0, "membrane time constant"), Param("R", 1.0, "membrane resistance"),
+        # R = 10 (was 1): the steady membrane under a constant input is R I, against I / (1 - beta) = 10 I
+        # for LIF; with R = 1 a SpikingNet's Linear outputs hardly reached threshold within T and it sat
+        # at 18% after one epoch on the synthetic set (issue 11).
+        (Param("tau", 20.0, "membrane time constant"), Param("R", 10.0, "membrane resistance"),
          Param("dt", 1.0, "timestep"), _THRESHOLD),
         ("beta", "threshold"),
         "v = (1 - dt/tau) v + (R dt/tau) I",

@@ -164,7 +164,7 @@ REFERENCES = {
     "SynapticCell": ref_synaptic, "SecondOrderLIFCell": ref_synaptic,
 }
 # Input scale per cell so every neuron sees sub-threshold stretches, spikes and resets in 16 steps.
-INPUT_SCALE = {"LapicqueCell": 12.0, "AlphaCell": 0.12, "SynapticCell": 0.2, "SecondOrderLIFCell": 0.1,
+INPUT_SCALE = {"LapicqueCell": 1.2, "AlphaCell": 0.12, "SynapticCell": 0.2, "SecondOrderLIFCell": 0.1,
                "IFCell": 0.6}
 
 
@@ -263,7 +263,7 @@ def test_reset_carries_no_gradient(cell_type):
     """One spiking step from rest: the membrane's gradient must not see the spike's surrogate."""
     learnable = catalog.CELLS_BY_NAME[cell_type].learnable
     cell = CELL_CLASSES[cell_type]((3,), ATAN, **{f"learn_{w}": True for w in learnable})
-    strong = {"LapicqueCell": 30.0}.get(cell_type, 1.4)
+    strong = {"LapicqueCell": 3.0}.get(cell_type, 1.4)
     current = torch.tensor([[[strong, 0.5 * strong, -strong]]])  # [T=1, B=1, 3]: spike, rest, negative
     spikes, _ = run_steps(cell, current)
     assert spikes[0, 0, 0].item() == 1.0
@@ -347,7 +347,7 @@ def test_fused_lif_recurrence_matches_autograd_through_the_step_function(cell_ty
     spike_fn = surrogates.get(surrogate)
     cell = CELL_CLASSES[cell_type]((5,), spike_fn, **{f"learn_{w}": True for w in learnable})
     torch.manual_seed(0)
-    current = torch.rand(15, 3, 5) * {"LapicqueCell": 12.0}.get(cell_type, 0.6)
+    current = torch.rand(15, 3, 5) * {"LapicqueCell": 1.2}.get(cell_type, 0.6)
     weights = torch.randn(15, 3, 5)  # a loss that weighs each spike differently
     params = [current.requires_grad_(), *cell.parameters()]
 
@@ -419,7 +419,7 @@ def test_every_cell_returns_to_rest_and_stops_firing_after_its_input_ends(cell_t
     per threshold, then keeps the sub-threshold rest of it unchanged."""
     cell = CELL_CLASSES[cell_type]((8,), ATAN)
     gen = torch.Generator().manual_seed(seed)
-    gain = {"LapicqueCell": 20.0}.get(cell_type, 1.0)  # its input gain R dt / tau is 1/20
+    gain = {"LapicqueCell": 2.0}.get(cell_type, 1.0)  # its input gain R dt / tau is 1/2
     drive = gain * scale * (torch.randn(length, 4, 8, generator=gen) + bias)
     rest_steps = REST_STEPS
     if cell_type == "IFCell":

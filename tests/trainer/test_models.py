@@ -33,7 +33,7 @@ def drive_every_layer(model: nn.Module, cell_type: str) -> None:
     """Scale the stateless layers' weights so that every cell spikes on a small random batch at T=5.
 
     At PyTorch's default init, activity fades with depth within 5 steps (and Lapicque's input gain
-    R dt/tau = 0.05 silences it at once); a silent layer's outgoing weights get no gradient at all.
+    R dt/tau, 0.05 before issue 11, silenced it at once); a silent layer's outgoing weights get no gradient at all.
     """
     defaults = catalog.cell_param_defaults(cell_type)
     input_gain = defaults["R"] * defaults["dt"] / defaults["tau"] if cell_type == "LapicqueCell" else 1.0
