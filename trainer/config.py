@@ -70,13 +70,13 @@ FIELDS: tuple[Field, ...] = (
     Field("optimizer", "str", "adam", "adam, adamw (decoupled weight decay) or sgd (momentum 0.9)",
           choices=OPTIMIZERS),
     Field("weight_decay", "float", 0.0, "weight decay (adamw: decoupled; adam, sgd: L2 added to the "
-          "gradient)", min=0.0, max=0.5),
+          "gradient)", min=0, max=0.5),
     Field("lr_schedule", "str", "constant", "learning rate per step after the warmup: constant, cosine "
           "(to 0 at the end), step (x0.1 at 1/2 and 3/4 of training) or onecycle (up from lr/25 over "
           "the warmup, or 30% of steps without one, then cosine down to lr/25e4)", choices=LR_SCHEDULES),
     Field("warmup_epochs", "int", 0, "epochs over which the rate rises linearly to lr (onecycle: from "
           "lr/25); fewer than epochs", min=0, max=20),
-    Field("grad_clip", "float", 0.0, "largest global gradient norm; 0 turns clipping off", min=0.0, max=100.0),
+    Field("grad_clip", "float", 0.0, "largest global gradient norm; 0 turns clipping off", min=0, max=100),
     Field("timesteps", "int", 25, "simulation steps per sample", min=5, max=100),
     Field("hidden", "int_list", [128], "hidden layer sizes (SpikingNet)", min=1, max=4096,
           min_len=1, max_len=4),
