@@ -139,7 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
         stop_requested = True
         print("\nstopping at the next batch (Ctrl-C again to abort)", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)
     reporter = JsonLines() if args.json else ProgressReporter()
     try:
         outcome = train(config, reporter, lambda: stop_requested, data_dir=args.data_dir,
@@ -148,7 +148,8 @@ def run_train(args: argparse.Namespace) -> int:
         reporter("error", {"message": f"{type(exc).__name__}: {exc}".splitlines()[0]})
         outcome = "error"
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # Still a Ctrl-C while the process exits (torch's teardown takes a moment): leave at once, quietly.
+        signal.signal(signal.SIGINT, lambda signum, frame: abort())
         reporter.close()
     return EXIT_CODES.get(outcome, EXIT_FAILED)
 
