@@ -85,7 +85,10 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback():
         while time.monotonic() < deadline and '"event": "batch"' not in proc.stdout.readline():
             pass
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+        # two signals before Python runs its handler would count as one: wait for the first to land
+        first = ""
+        while time.monotonic() < deadline and "stopping at the next batch" not in first:
+            first = proc.stderr.readline()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
