@@ -25,13 +25,14 @@ SHARED_MNIST = Path(os.environ.get("SNNMON_TEST_MNIST")
 RECIPE = {"dataset": "mnist", "network": "ConvSpikingNet", "cell_type": "LIFCell", "surrogate": "atan",
           "timesteps": 10, "batch_size": 64, "epochs": 15, "optimizer": "adamw", "lr": 0.001,
           "weight_decay": 0.01, "lr_schedule": "cosine", "warmup_epochs": 0, "seed": 3}
-STEPS = 60  # of the first epoch's 938
-# Measured (docs/benchmarks.md): training accuracy over the first 60 steps 0.XX; the bar leaves a margin.
-ON_TRACK = 0.5
+STEPS = 30  # of the first epoch's 938
+# Measured (docs/benchmarks.md): training accuracy over the first 30 steps 0.531 (loss 1.38), from 0.11
+# at step 1; a run that is not learning stays near chance (0.1). The bar leaves room for another CPU.
+ON_TRACK = 0.4
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # about 20 s on a quiet 2-core machine; several minutes when it is busy
+@pytest.mark.timeout(1200)  # about 15 s on a quiet 2-core machine; 12 minutes at load average 15
 def test_conv_recipe_first_steps_are_on_track(monkeypatch):
     missing = [name for name in mnist.FILES if name not in mnist.locate(SHARED_MNIST)]
     if missing:
