@@ -19,9 +19,10 @@ import sys
 
 from aiohttp import web
 
-from service import api
+from service import api, redact
 from service.app import create_app
 from service.auth import RedactingAccessLogger
+from service.connections import GatedRunner, connection_cap, raise_descriptor_limit
 from service.settings import Settings, is_loopback
 from service.store import StoreError
 
@@ -31,6 +32,7 @@ log = logging.getLogger("snnmon.server")
 def serve(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM; then exit the process with the returned status."""
     _configure_logging(settings.log_level)
+    redact.install([settings.token] if settings.token else [])
     try:
         import uvloop
 
@@ -53,7 +55,16 @@ HANDLER_SHUTDOWN_S = 1.0
 
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger, shutdown_timeout=HANDLER_SHUTDOWN_S)
+    descriptors = raise_descriptor_limit()
+    cap = connection_cap(settings.max_connections, descriptors)
+    log.info("open-file limit %d; at most %d connections at once", descriptors, cap)
+    # keepalive_timeout: aiohttp closes a connection that waits this long for a request's headers, from
+    # its first byte on too (a half-sent request holds nothing longer); lingering_time bounds reading an
+    # unread body after the answer
+    runner = GatedRunner(app, max_connections=cap, access_log_class=RedactingAccessLogger,
+                         shutdown_timeout=HANDLER_SHUTDOWN_S, keepalive_timeout=settings.header_timeout_s,
+                         lingering_time=min(10.0, settings.body_timeout_s),
+                         logger=redact.ProtocolLogger(logging.getLogger("aiohttp.server")))
     try:
         await runner.setup()
     except StoreError as exc:

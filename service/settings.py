@@ -41,6 +41,10 @@ class Settings:
     token: str | None = None  # bearer token every /api/ request must carry; None: no check
     insecure: bool = False  # allow a non-loopback host without a token (a proxy in front checks access)
     cors_origins: tuple[str, ...] = ()  # origins (scheme://host[:port]) whose pages may call the API; "*": any
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback and the bound address; "*": any
+    header_timeout_s: float = 20.0  # a connection must send a request's headers this soon (also the idle keep-alive)
+    body_timeout_s: float = 30.0  # a request body (a config is under 1 KiB) must arrive this soon
+    max_connections: int = 0  # open connections served at once, beyond them a 503; 0: from the descriptor limit
 
     def resolved_data_dir(self) -> Path:
         """The data directory: ``data_dir``, else the trainer's default (``$SNNMON_DATA_DIR``, XDG)."""
@@ -128,6 +132,21 @@ def _origin(text: str) -> str:
     return origin
 
 
+def _host_name(text: str) -> str:
+    """A Host name as ``--allowed-host`` takes it: lower case, no port; an IPv6 address without brackets."""
+    name = text.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+    if name == "*":
+        return name
+    if ":" in name:
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            pass
+    elif name and not any(ch in name for ch in "/@?#\\ ") and name.isascii():
+        return name
+    raise ValueError(f"must be a host name or address without a port (or *), got {text!r}")
+
+
 def is_loopback(host: str) -> bool:
     """True for names and addresses only this machine can reach (``""`` means every interface)."""
     if host.strip().lower() == "localhost":
@@ -182,6 +201,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("cors_origins", "--cors-origin", _origin,
            "an origin allowed to call the API from a browser (repeatable; * allows any)", "ORIGIN",
            repeat=True, shown_default="none"),
+    Option("allowed_hosts", "--allowed-host", _host_name,
+           "a Host name this server answers to besides loopback names and its bound address, e.g. the "
+           "proxy's name (repeatable; * allows any)", "NAME", repeat=True, shown_default="none"),
+    Option("header_timeout_s", "--header-timeout", _positive_float,
+           "seconds a connection gets to send a request's headers (and may stay idle between requests)", "S"),
+    Option("body_timeout_s", "--body-timeout", _positive_float,
+           "seconds a request body may take to arrive before a 408", "S"),
+    Option("max_connections", "--max-connections", _non_negative_int,
+           "connections served at once; beyond them new ones get a 503 (0: the descriptor limit less a reserve)",
+           "N", shown_default="0"),
 )
 
 
