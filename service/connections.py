@@ -68,12 +68,11 @@ class RefusedConnection(asyncio.Protocol):
 
     def __init__(self, answer: bytes):
         self._answer = answer
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # (uvloop's transports are not asyncio.Transport subclasses)
         transport.write(self._answer)
         if transport.can_write_eof():
             transport.write_eof()
@@ -91,7 +90,11 @@ class RefusedConnection(asyncio.Protocol):
 
 
 class ConnectionGate:
-    """The protocol factory for ``loop.create_server``: aiohttp's handler below the cap, a refusal at it."""
+    """The protocol factory for ``loop.create_server``: aiohttp's handler below the cap, a refusal at it.
+
+    aiohttp counts a connection once its ``connection_made`` has run, a loop turn after this factory:
+    a burst accepted in one turn can pass the cap by that burst (a few dozen at most; the reserve of
+    descriptors covers it)."""
 
     def __init__(self, server: web.Server, cap: int):
         self.server = server

@@ -49,6 +49,10 @@ def serve(settings: Settings) -> int:
     os._exit(code)
 
 
+# Connections the kernel queues until they are accepted (aiohttp's default is 128). Beyond the queue a burst
+# of clients is held in handshake retries for many seconds, not answered; in it they are accepted, then
+# served or refused with a 503 at once (Linux caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 1024
 # After the streams have been ended: time for their handlers to finish writing before they are cancelled.
 HANDLER_SHUTDOWN_S = 1.0
 
@@ -73,7 +77,7 @@ async def _serve(settings: Settings) -> int:
     if settings.token is None and not is_loopback(settings.host):
         log.warning("listening on %s with no access token (--insecure): whoever can reach it can use it",
                     settings.host or "every interface")
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
