@@ -130,7 +130,8 @@ def _ref(name: str) -> dict[str, str]:
 # slow body, a body too large or of the wrong type for a browser, a foreign Host, a server that is full or
 # on its way down.
 COMMON_ERRORS = (400, 401, 403, 404, 408, 413, 415, 421, 503)
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
+JOB_ID_PATTERN = "^[0-9a-f]{12}$"  # service.jobs: uuid4().hex[:12]; any other id is simply an unknown job (404)
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
           "description": "the id /start returned"}
 LAST_EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,16}$",
                  "description": "resume after this event id (ASCII digits, at most 2^53 - 1)"}

@@ -167,7 +167,7 @@ def test_a_body_that_does_not_arrive_gets_408(server):
         return data, time.monotonic() - t0
 
     data, seconds = asyncio.run(scenario())
-    print(f"\nslow body: answered in {seconds:.1f} s")
+    print(f"\nslow body: 408 and connection closed after {seconds:.1f} s")
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert b'"request_timeout"' in data
     assert BODY_TIMEOUT_S * 0.8 <= seconds <= BODY_TIMEOUT_S + 10
