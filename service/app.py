@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from service import api, auth, guards, openapi, static, stream
+from service import api, auth, connections, guards, openapi, static, stream
 from service.backend import Backend, ProcessBackend
 from service.cors import OriginPolicy
 from service.devices import DevicePool, visible_gpu_count
@@ -41,7 +41,8 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
                backend: Backend | None = None) -> web.Application:
     # outermost first: errors become JSON whichever middleware or handler raised them; a foreign Host
     # is refused before anything else looks at the request
-    middlewares = [error_middleware, guards.HostPolicy(settings).middleware()]
+    deadlines = connections.HeaderDeadlines(settings.header_timeout_s)
+    middlewares = [deadlines.middleware(), error_middleware, guards.HostPolicy(settings).middleware()]
     origins = OriginPolicy(settings.cors_origins) if settings.cors_origins else None
     if origins is not None:
         middlewares.append(origins.middleware())
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
         middlewares.append(auth.token_middleware(settings.token))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[api.SETTINGS] = settings
+    app[connections.HEADER_DEADLINES] = deadlines
     app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir())
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(api.routes())

@@ -1,6 +1,7 @@
 """Connections a slow or hostile client cannot hoard: a descriptor limit raised at start, a cap on open
-connections with a clean 503 beyond it, and deadlines for a request's headers (aiohttp's keep-alive
-timer, which also runs before a connection's first request) and body (``api.read_json``).
+connections with a clean 503 beyond it, and deadlines: a connection's first request headers within
+``--header-timeout`` (``HeaderDeadlines``), later ones within the idle keep-alive time (aiohttp's own
+timer, ``--keepalive-timeout``), and a body within ``--body-timeout`` (``api.read_json``).
 
 Runs in the server process, in its event loop. ``GatedRunner`` is aiohttp's ``AppRunner`` whose
 protocol factory (what a site hands to ``loop.create_server``) is a ``ConnectionGate``: below the cap
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import resource
 import time
+from typing import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -89,6 +91,46 @@ class RefusedConnection(asyncio.Protocol):
             self._timer.cancel()
 
 
+class HeaderDeadlines:
+    """A new connection must send its first request's headers within ``timeout_s``, else it is closed.
+
+    The gate starts a deadline for each connection it lets in; the app's outermost middleware, which
+    runs once a request's headers are parsed, clears it. A connection is held here until its deadline
+    at the latest (aiohttp's handlers take no weak references)."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._pending: dict[asyncio.BaseProtocol, asyncio.TimerHandle] = {}
+        self.expired = 0
+
+    def start(self, handler: asyncio.BaseProtocol) -> None:
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, handler)
+        self._pending[handler] = timer
+
+    def arrived(self, handler: object) -> None:
+        timer = self._pending.pop(handler, None)  # type: ignore[call-overload]
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, handler) -> None:
+        if self._pending.pop(handler, None) is not None and handler.transport is not None:
+            self.expired += 1
+            log.debug("closing a connection that sent no request headers within %g s", self.timeout_s)
+            handler.force_close()
+
+    def middleware(self):
+        @web.middleware
+        async def headers_arrived(request: web.Request,
+                                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+            self.arrived(request.protocol)
+            return await handler(request)
+
+        return headers_arrived
+
+
+HEADER_DEADLINES = web.AppKey("header_deadlines", HeaderDeadlines)
+
+
 class ConnectionGate:
     """The protocol factory for ``loop.create_server``: aiohttp's handler below the cap, a refusal at it.
 
@@ -96,16 +138,20 @@ class ConnectionGate:
     a burst accepted in one turn can pass the cap by that burst (a few dozen at most; the reserve of
     descriptors covers it)."""
 
-    def __init__(self, server: web.Server, cap: int):
+    def __init__(self, server: web.Server, cap: int, deadlines: HeaderDeadlines | None = None):
         self.server = server
         self.cap = cap
+        self.deadlines = deadlines
         self.refused = 0
         self._answer = _refusal(cap)
         self._warned_at = float("-inf")
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) < self.cap:
-            return self.server()
+            handler = self.server()
+            if self.deadlines is not None:
+                self.deadlines.start(handler)
+            return handler
         self.refused += 1
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY_S:
@@ -129,7 +175,7 @@ class GatedRunner(web.AppRunner):
         if real is None:
             return None
         if self._gate is None or self._gate.server is not real:
-            self._gate = ConnectionGate(real, self._cap)
+            self._gate = ConnectionGate(real, self._cap, self.app.get(HEADER_DEADLINES))
         return self._gate
 
     @property

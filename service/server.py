@@ -62,11 +62,11 @@ async def _serve(settings: Settings) -> int:
     descriptors = raise_descriptor_limit()
     cap = connection_cap(settings.max_connections, descriptors)
     log.info("open-file limit %d; at most %d connections at once", descriptors, cap)
-    # keepalive_timeout: aiohttp closes a connection that waits this long for a request's headers, from
-    # its first byte on too (a half-sent request holds nothing longer); lingering_time bounds reading an
-    # unread body after the answer
+    # keepalive_timeout: aiohttp closes a connection that waits this long for its next request (a later
+    # request's headers included; the first one's have --header-timeout); lingering_time bounds reading
+    # an unread body after the answer
     runner = GatedRunner(app, max_connections=cap, access_log_class=RedactingAccessLogger,
-                         shutdown_timeout=HANDLER_SHUTDOWN_S, keepalive_timeout=settings.header_timeout_s,
+                         shutdown_timeout=HANDLER_SHUTDOWN_S, keepalive_timeout=settings.keepalive_timeout_s,
                          lingering_time=min(10.0, settings.body_timeout_s),
                          logger=redact.ProtocolLogger(logging.getLogger("aiohttp.server")))
     try:

@@ -42,7 +42,10 @@ class Settings:
     insecure: bool = False  # allow a non-loopback host without a token (a proxy in front checks access)
     cors_origins: tuple[str, ...] = ()  # origins (scheme://host[:port]) whose pages may call the API; "*": any
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback and the bound address; "*": any
-    header_timeout_s: float = 20.0  # a connection must send a request's headers this soon (also the idle keep-alive)
+    header_timeout_s: float = 20.0  # a new connection must send its first request's headers this soon
+    # idle time allowed between requests on a connection (and for a later request's headers): longer than
+    # nginx's upstream keep-alive (60 s), so the proxy closes first and never reuses a closing connection
+    keepalive_timeout_s: float = 75.0
     body_timeout_s: float = 30.0  # a request body (a config is under 1 KiB) must arrive this soon
     max_connections: int = 0  # open connections served at once, beyond them a 503; 0: from the descriptor limit
 
@@ -205,7 +208,9 @@ OPTIONS: tuple[Option, ...] = (
            "a Host name this server answers to besides loopback names and its bound address, e.g. the "
            "proxy's name (repeatable; * allows any)", "NAME", repeat=True, shown_default="none"),
     Option("header_timeout_s", "--header-timeout", _positive_float,
-           "seconds a connection gets to send a request's headers (and may stay idle between requests)", "S"),
+           "seconds a new connection gets to send its first request's headers", "S"),
+    Option("keepalive_timeout_s", "--keepalive-timeout", _positive_float,
+           "seconds a connection may stay idle between requests (and send a later request's headers)", "S"),
     Option("body_timeout_s", "--body-timeout", _positive_float,
            "seconds a request body may take to arrive before a 408", "S"),
     Option("max_connections", "--max-connections", _non_negative_int,

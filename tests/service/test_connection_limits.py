@@ -2,8 +2,10 @@
 
 The server starts with a soft descriptor limit of 1,024 (systemd's default) and raises it to the hard
 limit; it serves at most ``--max-connections`` (1,000 here) at once and answers the rest with a clean
-503; a connection that does not send its headers within ``--header-timeout`` is closed, a body that does
-not arrive within ``--body-timeout`` gets 408; an event stream open across all of it keeps its heartbeats.
+503; a connection that does not send its first request's headers within ``--header-timeout`` is closed
+(also with a far longer ``--keepalive-timeout``), one idle after a request within ``--keepalive-timeout``;
+a body that does not arrive within ``--body-timeout`` gets 408; an event stream open across all of it
+keeps its heartbeats.
 The figures are printed (run with ``-s``) and quoted in the issue note.
 """
 
@@ -26,6 +28,7 @@ IDLE = 1100
 HEADER_TIMEOUT_S = 6.0  # longer than a loaded machine takes to accept the whole burst
 BODY_TIMEOUT_S = 2.0
 HEARTBEAT_S = 0.5
+KEEPALIVE_S = 60.0  # longer than the test: only --header-timeout may close the idle connections
 SYSTEMD_SOFT_LIMIT = 1024
 
 
@@ -38,6 +41,7 @@ def server(server_factory):
     try:
         started = server_factory("--max-connections", str(CAP), "--header-timeout", str(HEADER_TIMEOUT_S),
                                  "--body-timeout", str(BODY_TIMEOUT_S), "--heartbeat", str(HEARTBEAT_S),
+                                 "--keepalive-timeout", str(KEEPALIVE_S),
                                  "--max-concurrent", "1", "--cpu-threads", "1", "--stop-grace", "1")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -171,3 +175,25 @@ def test_a_body_that_does_not_arrive_gets_408(server):
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert b'"request_timeout"' in data
     assert BODY_TIMEOUT_S * 0.8 <= seconds <= BODY_TIMEOUT_S + 10
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(server_factory):
+    keepalive_s = 2.0
+    quick = server_factory("--keepalive-timeout", str(keepalive_s), "--header-timeout", "30")
+    host, port = quick.base_url.removeprefix("http://").split(":")
+
+    async def scenario():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+        t0 = time.monotonic()
+        async with asyncio.timeout(keepalive_s + 15):
+            rest = await reader.read()
+        writer.close()
+        return head, rest, time.monotonic() - t0
+
+    head, rest, seconds = asyncio.run(scenario())
+    print(f"\nidle keep-alive connection closed after {seconds:.1f} s")
+    assert head.startswith(b"HTTP/1.1 200") and rest == b""
+    assert keepalive_s * 0.8 <= seconds <= keepalive_s + 10
