@@ -170,6 +170,9 @@ def _paths() -> dict[str, Any]:
         "/readyz": {"get": _operation("ready for work: store healthy, not shutting down", {200: _json(
             {"type": "object", "required": ["status"], "properties": {"status": {"const": "ready"}}}, "ready")},
             tag="health")},
+        "/metrics": {"get": _operation("the service's metrics in the Prometheus text format", {200: {
+            "description": "Prometheus exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            tag="health")},
         "/api/openapi.json": {"get": _operation("this document", {200: _json({"type": "object"}, "OpenAPI 3.1")})},
         "/api/training/surrogates": {"get": _operation("the surrogate gradients", {200: _json(listing, "surrogates")})},
         "/api/training/cell-types": {"get": _operation("the neuron cells, then the networks",

@@ -19,7 +19,7 @@ import sys
 
 from aiohttp import web
 
-from service import api, redact
+from service import api, logs, redact
 from service.app import create_app
 from service.auth import RedactingAccessLogger
 from service.connections import GatedRunner, connection_cap, raise_descriptor_limit
@@ -31,8 +31,8 @@ log = logging.getLogger("snnmon.server")
 
 def serve(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM; then exit the process with the returned status."""
-    _configure_logging(settings.log_level)
-    redact.install([settings.token] if settings.token else [])
+    logs.configure(settings.log_level, settings.log_format)
+    redact.install([settings.token] if settings.token else [])  # on the handler just configured
     try:
         import uvloop
 
@@ -100,10 +100,3 @@ async def _serve(settings: Settings) -> int:
     log.info("stopped in %.1f s", loop.time() - started)
     return 0
 
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("snnmon").setLevel(level.upper())
-    if level in ("warning", "error"):
-        logging.getLogger().setLevel(level.upper())

@@ -48,6 +48,8 @@ class Settings:
     keepalive_timeout_s: float = 75.0
     body_timeout_s: float = 30.0  # a request body (a config is under 1 KiB) must arrive this soon
     max_connections: int = 0  # open connections served at once, beyond them a 503; 0: from the descriptor limit
+    metrics_open: bool = False  # /metrics without the token (a scraper on a private network)
+    log_format: str = "plain"  # "json": one JSON object a line, for log collectors
 
     def resolved_data_dir(self) -> Path:
         """The data directory: ``data_dir``, else the trainer's default (``$SNNMON_DATA_DIR``, XDG)."""
@@ -115,6 +117,13 @@ def _log_level(text: str) -> str:
     lowered = text.strip().lower()
     if lowered not in ("debug", "info", "warning", "error"):
         raise ValueError("must be debug, info, warning or error")
+    return lowered
+
+
+def _log_format(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("plain", "json"):
+        raise ValueError("must be plain or json")
     return lowered
 
 
@@ -216,6 +225,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections", "--max-connections", _non_negative_int,
            "connections served at once; beyond them new ones get a 503 (0: the descriptor limit less a reserve)",
            "N", shown_default="0"),
+    Option("metrics_open", "--metrics-open", _bool,
+           "serve /metrics without the token (it needs the token like /api/ otherwise)"),
+    Option("log_format", "--log-format", _log_format,
+           "plain, or json (one object a line, with job_id where there is one)", "FORMAT"),
 )
 
 

@@ -57,7 +57,7 @@ def test_every_api_route_is_documented():
     served = {(route.method.lower(), route.path) for route in (*api_routes(), *stream_routes())}
     documented = {(method, path) for path, operations in document["paths"].items() for method in operations}
     assert served <= documented, served - documented
-    assert ("get", "/api/openapi.json") in documented
+    assert ("get", "/api/openapi.json") in documented and ("get", "/metrics") in documented
 
 
 def test_the_document_is_generated_from_the_errors_and_the_config_table():
