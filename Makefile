@@ -17,7 +17,7 @@ $(BIN)/python:
 
 # Re-install when pyproject.toml changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,nmnist]'
 	touch $@
 
 install: $(STAMP) web-deps

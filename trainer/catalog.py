@@ -287,7 +287,7 @@ DATASETS_BY_NAME: dict[str, DatasetSpec] = {spec.name: spec for spec in DATASETS
 
 
 def datasets_markdown() -> str:
-    """The dataset table as the README shows it (a test keeps the README in step)."""
+    """The dataset table as docs/datasets.md shows it (a test keeps the page in step)."""
     rows = ["| dataset | input (C x H x W) | classes | train / val | what it is | files from |",
             "| --- | --- | --- | --- | --- | --- |"]
     for spec in DATASETS:
