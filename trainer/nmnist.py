@@ -168,12 +168,13 @@ class EventFrames:
     index names into event counts ``[T, B, 2, 34, 34]`` float, on the same device."""
 
     def __init__(self, arrays: EventArrays, timesteps: int):
-        self.codes, self.offsets, self.timesteps = arrays.codes, arrays.offsets, timesteps
+        self.codes, self.timesteps = arrays.codes, timesteps
+        self.offsets = arrays.offsets.cpu()  # [N + 1], on the CPU: slicing bounds need no device sync
         self.shape = (int(arrays.labels.shape[0]), CHANNELS, HEIGHT, WIDTH)  # like a stack of images
 
     def to(self, device) -> "EventFrames":
         moved = EventFrames.__new__(EventFrames)
-        moved.codes, moved.offsets = self.codes.to(device), self.offsets.to(device)
+        moved.codes, moved.offsets = self.codes.to(device), self.offsets
         moved.timesteps, moved.shape = self.timesteps, self.shape
         return moved
 
@@ -184,17 +185,16 @@ class EventFrames:
         import torch
 
         device = self.codes.device
-        index = index.to(device)
-        n = int(index.shape[0])
-        starts = self.offsets[index]  # [B]
-        lengths = self.offsets[index + 1] - starts  # [B]
-        total = int(lengths.sum())
-        sample = torch.repeat_interleave(torch.arange(n, device=device), lengths, output_size=total)  # [E]
-        first = lengths.cumsum(0) - lengths  # [B] each sample's first position in the batch's events
-        position = torch.arange(total, device=device) - first[sample] + starts[sample]  # [E] into codes
-        code = self.codes[position].long()
-        time_bin, pixel = code // FRAME_SIZE, code % FRAME_SIZE
-        flat = (time_bin * n + sample) * FRAME_SIZE + pixel  # [E] into [T, B, 2*34*34]
+        picked = index.cpu()
+        starts, ends = self.offsets[picked].tolist(), self.offsets[picked + 1].tolist()
+        codes = torch.cat([self.codes[start:end] for start, end in zip(starts, ends)])  # [E] int32
+        n = len(starts)
+        lengths = torch.tensor([end - start for start, end in zip(starts, ends)], device=device)
+        sample = torch.repeat_interleave(torch.arange(n, dtype=torch.int32, device=device), lengths,
+                                         output_size=codes.shape[0])  # [E] the event's place in the batch
+        # code = bin * FRAME_SIZE + pixel  ->  (bin * n + sample) * FRAME_SIZE + pixel, in int32
+        # (at most 100 bins x 512 samples x 2312 < 2**31)
+        flat = codes + (codes // FRAME_SIZE * (n - 1) + sample) * FRAME_SIZE
         counts = torch.bincount(flat, minlength=self.timesteps * n * FRAME_SIZE)
         return counts.to(torch.float32).view(self.timesteps, n, CHANNELS, HEIGHT, WIDTH)
 

@@ -178,6 +178,18 @@ def test_nmnist_events_are_binned_into_frames_exactly(tmp_path, folder, archive)
     assert torch.equal(batch, expected_frames([events["train"][i] for i in index.tolist()], timesteps))
 
 
+@pytest.mark.gpu
+def test_nmnist_binning_on_cuda_equals_the_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: checks that frames binned on the GPU equal the CPU's")
+    write_nmnist(tmp_path / "nmnist", {"train": 3, "test": 1}, n_events=500)
+    train, _ = nmnist.load_nmnist(tmp_path, 25, allow_download=False)
+    frames = nmnist.EventFrames(train, 25)
+    index = torch.randperm(30)[:16]
+    on_gpu = frames.to("cuda")[index.to("cuda")]
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), frames[index])
+
+
 def test_nmnist_missing_split_names_what_to_fetch_and_where_it_goes(tmp_path):
     write_nmnist(tmp_path / "nmnist", {"train": 1, "test": 1})
     import shutil
