@@ -280,3 +280,29 @@ def test_every_stream_line_ends_in_lf_keep_alive_comments_too():
     body = asyncio.run(scenario())
     assert b": ping\n\n" in body and b"id: 1\ndata: {}\n\n" in body, body
     assert b"\r" not in body, body
+
+
+def test_json_log_lines_carry_the_redacted_traceback():
+    import io
+    import logging
+
+    from service.logs import JsonFormatter
+    from service.redact import RedactingFilter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter([TOKEN]))
+    logger = logging.getLogger("test.json.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        try:
+            raise ValueError(f"bad header: Authorization: Bearer {TOKEN}")
+        except ValueError:
+            logger.exception("request with %s failed", f"access_token={TOKEN}")
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(out.getvalue())
+    assert TOKEN not in out.getvalue() and "[redacted]" in line["message"] and "[redacted]" in line["exception"]
+    assert "Traceback" in line["exception"]
