@@ -8,13 +8,15 @@ JSON objects.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from service import metrics
-from service.errors import BadRequest, InvalidJSON, NotReady, PayloadTooLarge
+from service.errors import (BadEncoding, BadRequest, InvalidJSON, NotReady, PayloadTooLarge, RequestTimeout,
+                            capped_fields)
 from service.jobs import JobManager
 from service.settings import Settings
 from service.store import JobStore
@@ -31,12 +33,22 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
+    settings = request.app[SETTINGS]
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     try:
-        raw = await request.read()
+        async with asyncio.timeout(settings.body_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].max_body_bytes
+        limit = settings.max_body_bytes
         raise PayloadTooLarge(f"request body is larger than {limit} bytes", limit=limit) from None
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {settings.body_timeout_s:g} s") from None
+    except web.RequestPayloadError:  # aiohttp's decompression (or chunk framing) failed
+        raise BadEncoding(f"the request body is not valid {encoding[:20]!r} data; send it uncompressed "
+                          "or as valid gzip/deflate") from None
     if not raw.strip():
+        if encoding != "identity" and request.content_length:
+            raise BadEncoding(f"the {encoding[:20]!r} request body decompresses to nothing; send a JSON object")
         raise InvalidJSON("request body is empty; send a JSON object")
     try:
         return orjson.loads(raw)
@@ -73,7 +85,10 @@ async def stop(request: web.Request) -> web.Response:
     if not isinstance(job_id, str) or not job_id:
         fields["job_id"] = "required: the job id string that /start returned"
     if fields:
-        raise BadRequest("; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
+        shown, more = capped_fields(fields)
+        extra = {"more_fields": more} if more else {}
+        raise BadRequest("; ".join(f"{k}: {v}" for k, v in shown.items()) + (f"; and {more} more" if more else ""),
+                         fields=shown, **extra)
     record = request.app[JOB_MANAGER].stop(job_id)
     return json_response({"job_id": record.job_id, "status": record.status})
 
