@@ -44,13 +44,23 @@ def start_from_form(page, values: dict) -> str:
     return page.evaluate("window.snnmon.job.jobId")
 
 
+# Epoch-end points a chart draws: its validation series, or (parameters) its first series.
+EPOCH_POINTS = """c => { const chart = window.snnmon.charts[c];
+  const role = chart.lines.some(l => l.role === 'val') ? 'val' : (chart.lines[0] || {}).role;
+  return role ? chart.count(role) : 0; }"""
+
+
 def points(page, chart: str) -> int:
-    return page.evaluate(f"window.snnmon.charts.{chart}.data[0] ? window.snnmon.charts.{chart}.data[0].length : 0")
+    return page.evaluate(f"({EPOCH_POINTS})('{chart}')")
 
 
 def wait_points(page, chart: str, n: int, timeout: int = JOB_TIMEOUT_MS) -> None:
-    page.wait_for_function(
-        "([c, n]) => (window.snnmon.charts[c].data[0] || []).length >= n", arg=[chart, n], timeout=timeout)
+    page.wait_for_function(f"([c, n]) => ({EPOCH_POINTS})(c) >= n", arg=[chart, n], timeout=timeout)
+
+
+def drawn_epochs(page) -> list[int]:
+    """0-based epochs of the watched run, in the order they were drawn."""
+    return page.evaluate("window.snnmon.runs[0].epochs.map(e => e.epoch)")
 
 
 def wait_status(page, status: str, timeout: int = JOB_TIMEOUT_MS) -> None:
@@ -97,10 +107,12 @@ def test_train_run_shows_live_charts_until_completed(page, server, artifacts: Pa
     for chart in ("loss", "accuracy", "params"):
         wait_points(page, chart, 2, timeout=5_000)
         assert points(page, chart) == 2, chart
-    loss = page.evaluate("window.snnmon.charts.loss.data")
-    assert loss[0] == [1, 2] and all(v > 0 for v in loss[1] + loss[2])
-    accuracy = page.evaluate("window.snnmon.charts.accuracy.data")
-    assert all(0 <= v <= 100 for v in accuracy[1] + accuracy[2])
+    val_points = page.evaluate("window.snnmon.charts.loss.values('val')")
+    train_points = page.evaluate("window.snnmon.charts.loss.values('train')")
+    assert len(val_points) == 2 and all(v > 0 for _, v in val_points + train_points)
+    assert drawn_epochs(page) == [0, 1]
+    accuracy = page.evaluate("window.snnmon.charts.accuracy.values('val').concat(window.snnmon.charts.accuracy.values('train'))")
+    assert accuracy and all(0 <= v <= 100 for _, v in accuracy)
 
     # One bar per layer key (784→32→10: lifs.0 and lifs.1), each with a percentage.
     bars = page.locator("#spike-bars li")
@@ -132,7 +144,7 @@ def test_train_run_shows_live_charts_until_completed(page, server, artifacts: Pa
     assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= set(header)
     assert len(rows) == 3
     val_loss = [float(r.split(",")[header.index("val_loss")]) for r in rows[1:]]
-    assert val_loss == pytest.approx(loss[2])
+    assert val_loss == pytest.approx([v for _, v in val_points])
 
 
 def test_invalid_field_shows_the_servers_reason_and_creates_no_job(page, server):
@@ -204,8 +216,9 @@ def test_reload_mid_run_reattaches_with_complete_charts(page, server):
     wait_points(page, "loss", 2, timeout=10_000)  # the replay brings back what was drawn before
     replayed = points(page, "loss")
     wait_points(page, "loss", replayed + 1)  # and live epochs keep coming
-    epochs = page.evaluate("window.snnmon.charts.loss.data[0]")
-    assert epochs == list(range(1, len(epochs) + 1)), "an epoch is missing or drawn twice"
+    epochs = drawn_epochs(page)
+    assert epochs == list(range(len(epochs))), "an epoch is missing or drawn twice"
+    assert points(page, "loss") >= len(epochs)
     assert page.evaluate("window.snnmon.stream.duplicates") == 0
     assert page.locator("#job-status").get_attribute("data-status") == "running"
 
@@ -215,7 +228,7 @@ def test_job_started_with_curl_appears_and_can_be_watched(page, server):
     status, answer = server.api("POST", "/api/training/start", {**FAST, "epochs": 1})
     assert status == 202, answer
     job_id = answer["job_id"]
-    button = page.locator(f"#jobs-table tr[data-job-id='{job_id}'] button")
+    button = page.locator(f"#jobs-table tr[data-job-id='{job_id}'] button.job-open")
     button.wait_for(timeout=10_000)  # the list polls every 2 s
     button.click()
     assert page.evaluate("window.snnmon.job.jobId") == job_id
@@ -241,7 +254,8 @@ def test_stream_resumes_after_a_network_drop_without_lost_or_doubled_points(page
     assert proxy.drop_all() > 0
     wait_status(page, "completed")
     wait_points(page, "loss", 2, timeout=5_000)
-    assert page.evaluate("window.snnmon.charts.loss.data[0]") == [1, 2]
+    assert drawn_epochs(page) == [0, 1]
+    assert points(page, "loss") == 2
     stream = page.evaluate("({r: window.snnmon.stream.reconnects, d: window.snnmon.stream.duplicates})")
     assert stream["r"] >= 1
     resumed = [h for h in proxy.request_heads

@@ -96,6 +96,8 @@ export const api = {
   stop: (jobId) => request("POST", "/api/training/stop", { job_id: jobId }, { interactive: true }),
   status: (jobId, { interactive = true } = {}) => request("GET", `/api/training/status/${enc(jobId)}`, undefined, { interactive }),
   jobs: () => request("GET", "/api/training/jobs"),
+  patch: (jobId, fields) => request("PATCH", `/api/training/jobs/${enc(jobId)}`, fields, { interactive: true }),
+  remove: (jobId) => request("DELETE", `/api/training/jobs/${enc(jobId)}`, undefined, { interactive: true }),
   metricsCsv: (jobId) =>
     request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv`, undefined, { interactive: true, as: "text" }),
 };
