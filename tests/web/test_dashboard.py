@@ -203,6 +203,9 @@ def test_failed_job_shows_its_error(page, server):
     wait_status(page, "failed")
     message = page.locator("#job-error").text_content()
     assert "MNIST" in message or "mnist" in message, message
+    # Whole, with its fix: the command to run and what to give it, not cut at 300 characters.
+    assert "snnmon data mnist" in message and "--from PATH" in message and not message.endswith("…"), message
+    assert "\n" not in message
     assert page.locator("#stop-button").is_disabled()
 
 
