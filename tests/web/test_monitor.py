@@ -217,7 +217,7 @@ def test_runs_table_sorts_filters_and_deletes_with_confirmation(page, server, lr
 
 
 @pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080)])
-def test_train_button_and_job_status_show_without_scrolling(browser, server, lr_runs, width, height):
+def test_train_button_and_job_status_show_without_scrolling(browser, server, lr_runs, artifacts, width, height):
     context = browser.new_context(viewport={"width": width, "height": height})
     try:
         tab = context.new_page()
@@ -234,6 +234,7 @@ def test_train_button_and_job_status_show_without_scrolling(browser, server, lr_
             const head = document.querySelector('#jobs-table thead');
             return (parseFloat(getComputedStyle(scroll).maxHeight) - head.offsetHeight) / row.offsetHeight; }""")
         assert room >= 10, room
+        tab.screenshot(path=str(artifacts / f"laptop-{width}x{height}.png"))
     finally:
         context.close()
 
