@@ -205,7 +205,7 @@ export class Monitor {
   applyRecord(record) {
     const run = this.runOf(record.job_id);
     if (!run) return;
-    const before = run.warnings.length;
+    const before = JSON.stringify(run.warnings);
     const named = run.name;
     run.applyRecord(record);
     if (this.comparing) {
@@ -218,7 +218,7 @@ export class Monitor {
     const best = bestValAccuracy(record);
     if (best !== null && run.bestValAccuracy() === null) this.setInfo("best", formatPercent(best));
     $("#job-name").textContent = run.name || "";
-    if (run.warnings.length !== before) this.redraw();
+    if (JSON.stringify(run.warnings) !== before) this.redraw();
   }
 
   applyEvent(jobId, type, data) {

@@ -79,9 +79,12 @@ export class RunData {
     this.addWarning(data);
   }
 
+  // A warning repeats each epoch while its cause lasts: keep the latest per kind and layer.
   addWarning(warning) {
-    const same = (w) => w.kind === warning.kind && w.layer === warning.layer && w.message === warning.message;
-    if (warning && warning.message && !this.warnings.some(same)) this.warnings.push({ ...warning });
+    if (!warning || !warning.message) return;
+    const index = this.warnings.findIndex((w) => w.kind === warning.kind && w.layer === warning.layer);
+    if (index === -1) this.warnings.push({ ...warning });
+    else this.warnings[index] = { ...warning };
   }
 
   onCompleted(data) {
