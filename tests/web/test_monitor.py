@@ -255,3 +255,21 @@ def test_phone_link_opens_at_the_job(browser, server, lr_runs, artifacts):
         tab.screenshot(path=str(artifacts / "phone-job.png"))
     finally:
         context.close()
+
+
+def test_a_silent_layer_warning_shows_on_the_job_and_in_its_record(page, server):
+    # Lapicque's input gain at 5 timesteps leaves the output layer (lifs.1) silent from the first epoch.
+    job_id = start(server, epochs=1, cell_type="LapicqueCell", hidden=[16])
+    open_dashboard(page, server, f"?job={job_id}")
+    wait_status(page, "completed")
+    row = page.locator("#spike-bars li[data-layer='lifs.1']")
+    row.wait_for(timeout=10_000)
+    assert "warn" in row.get_attribute("class") and row.get_attribute("data-warning") == "silent_layer"
+    assert "lifs.1" in row.locator(".layer-warning").text_content()
+    assert "silent" in row.locator(".layer-silent").text_content()
+    assert row.locator(".histogram-bin").count() == 20
+    assert "warn" not in page.locator("#spike-bars li[data-layer='lifs.0']").get_attribute("class")
+    shown = page.locator("#job-warnings li").all_text_contents()
+    assert any("lifs.1" in text and "silent" in text for text in shown), shown
+    record = server.api("GET", f"/api/training/status/{job_id}")[1]
+    assert [(w["kind"], w.get("layer")) for w in record.get("warnings", [])] == [("silent_layer", "lifs.1")]

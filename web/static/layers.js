@@ -88,13 +88,13 @@ export class LayerPanel {
     const top = Math.max(0, ...keys.map((k) => 100 * rates[k]).filter(Number.isFinite));
     const scale = BAR_SCALES.find((s) => s >= top) || 100;
     const warnings = this.run ? this.run.warnings : [];
-    this.list.replaceChildren(...keys.map((key) => this.row(key, rates[key], stats[key], scale, warnings)));
+    this.list.replaceChildren(...keys.map((key) => this.row(key, rates[key], stats[key], scale, warnings, entry.epoch)));
     this.scaleLabel.textContent = entry ? `bar scale 0–${scale}%` : "waiting for the first epoch";
     this.list.dataset.points = String(keys.length);
     this.list.dataset.epoch = entry ? String(entry.epoch) : "";
   }
 
-  row(key, rate, stat, scale, warnings) {
+  row(key, rate, stat, scale, warnings, epoch) {
     const item = element("li", "layer-row");
     item.dataset.layer = key;
     const track = element("span", "bar-track");
@@ -115,7 +115,8 @@ export class LayerPanel {
       if (Array.isArray(stat.rate_histogram) && stat.rate_histogram.length) details.append(histogram(stat.rate_histogram));
       item.append(details);
     }
-    const mine = warnings.filter((w) => w.layer === key);
+    // A warning is sent when its layer turns silent; shown from that epoch on.
+    const mine = warnings.filter((w) => w.layer === key && !(Number.isFinite(w.epoch) && w.epoch > epoch));
     if (mine.length) {
       item.classList.add("warn");
       item.dataset.warning = mine.map((w) => w.kind).join(" ");

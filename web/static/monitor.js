@@ -194,7 +194,7 @@ export class Monitor {
     list.replaceChildren(...warnings.map((w) => {
       const item = document.createElement("li");
       item.dataset.kind = w.kind || "";
-      item.textContent = `${w.layer ? `${w.layer}: ` : ""}${w.message}`;
+      item.textContent = w.message;
       return item;
     }));
     list.hidden = !warnings.length;
