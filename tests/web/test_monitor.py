@@ -273,3 +273,62 @@ def test_a_silent_layer_warning_shows_on_the_job_and_in_its_record(page, server)
     assert any("lifs.1" in text and "silent" in text for text in shown), shown
     record = server.api("GET", f"/api/training/status/{job_id}")[1]
     assert [(w["kind"], w.get("layer")) for w in record.get("warnings", [])] == [("silent_layer", "lifs.1")]
+
+
+def test_name_tags_and_notes_edited_in_place_survive_a_restart_and_the_filter_finds_the_tag(
+        browser, server_factory, tmp_path):
+    data_dir = tmp_path / "data"
+    flags = ("--data-dir", str(data_dir), "--no-allow-download")
+    first = server_factory(*flags)
+    url = first.base_url.rstrip("/")
+    # Jobs that fail at once (no MNIST here) are finished runs to edit, at no training cost.
+    body = json.dumps({**FAST, "dataset": "mnist", "mnist_fallback": "none"}).encode()
+
+    def start_failing() -> str:
+        request = urllib.request.Request(url + "/api/training/start", method="POST", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["job_id"]
+
+    job_id, other = start_failing(), start_failing()
+
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        tab = context.new_page()
+        tab.goto(f"{url}/?job={job_id}")
+        tab.wait_for_selector("body[data-ready=true]")
+        wait_status(tab, "failed")
+        row = f"#jobs-table tr[data-job-id='{job_id}']"
+        tab.dblclick(f"{row} [data-col=name]")
+        tab.fill(f"{row} input.editing", "baseline run")
+        tab.press(f"{row} input.editing", "Enter")
+        tab.wait_for_function("s => document.querySelector(s).textContent === 'baseline run'", arg=f"{row} .job-open")
+        tab.dblclick(f"{row} [data-col=tags]")
+        tab.fill(f"{row} input.editing", "sweep-7, mnist")
+        tab.press(f"{row} input.editing", "Enter")
+        tab.wait_for_function("s => document.querySelector(s).textContent === 'sweep-7, mnist'", arg=f"{row} [data-col=tags]")
+        tab.click("#job-meta summary")
+        tab.fill("#meta-notes", "no MNIST files on this machine")
+        tab.click("#meta-save")
+        tab.wait_for_selector("#meta-saved:text('saved')")
+    finally:
+        context.close()
+
+    first.stop()
+    second = server_factory(*flags)
+    url = second.base_url.rstrip("/")
+    with urllib.request.urlopen(f"{url}/api/training/status/{job_id}", timeout=10) as response:
+        record = json.loads(response.read())
+    assert (record["name"], record["tags"], record["notes"]) == ("baseline run", ["sweep-7", "mnist"],
+                                                                 "no MNIST files on this machine")
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        tab = context.new_page()
+        tab.goto(f"{url}/")
+        tab.wait_for_selector(f"#jobs-table tr[data-job-id='{other}']")
+        tab.fill("#jobs-filter", "sweep-7")
+        tab.wait_for_function("document.querySelector('#jobs-table').dataset.shown === '1'")
+        assert tab.locator("#jobs-table tbody tr:not([hidden])").get_attribute("data-job-id") == job_id
+        assert tab.locator(f"#jobs-table tr[data-job-id='{job_id}'] .job-open").text_content() == "baseline run"
+    finally:
+        context.close()
