@@ -115,6 +115,8 @@ class JobManager:
         interrupted = 0
         for item in stored:
             record = item.record
+            if not record.name:  # a job from before run names: it gets its default one
+                record.name = metadata.default_name(record.config, self.records())
             job = Job(record, EventChannel(record.job_id, self._store, head_seq=item.head_seq,
                                            finished=record.finished))
             self._jobs[record.job_id] = job

@@ -110,7 +110,8 @@ _CHECKS = {"name": _name, "tags": _tags, "notes": _notes}
 
 def default_name(config: dict[str, Any], records: Iterable[JobRecord]) -> str:
     """network-cell-surrogate-N, N one more than the highest in use (e.g. SpikingNet-LIFCell-atan-3)."""
-    prefix = f"{config['network']}-{config['cell_type']}-{_short_surrogate(config['surrogate'])}-"
+    surrogate = _short_surrogate(str(config.get("surrogate")))
+    prefix = f"{config.get('network')}-{config.get('cell_type')}-{surrogate}-"
     numbers = [int(r.name[len(prefix):]) for r in records
                if r.name.startswith(prefix) and r.name[len(prefix):].isdigit()]
     return f"{prefix}{max(numbers, default=0) + 1}"
