@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from dashboard_page import FAST, JOB_TIMEOUT_MS, open_dashboard, wait_status
@@ -47,7 +48,7 @@ def start(server, **config) -> str:
 @pytest.fixture(scope="module")
 def lr_runs(server) -> list[str]:
     """Three finished two-epoch runs with the same seed, differing only in lr."""
-    ids = [start(server, epochs=2, lr=lr, seed=7, hidden=[24]) for lr in LRS]
+    ids = [start(server, epochs=2, lr=lr, seed=7, hidden=[24], name=f"lr {lr}") for lr in LRS]
     wait_jobs(server, ids)
     return ids
 
@@ -78,6 +79,15 @@ def test_step_points_appear_before_the_first_epoch_and_match_the_batch_events(pa
     # A job stopped in its first epoch still shows its curve: nothing at epoch level, all at step level.
     assert page.evaluate("window.snnmon.charts.loss.count('val')") == 0
 
+    # Steps CSV: one row per batch event, the documented header.
+    with page.expect_download() as download_info:
+        page.click("#export-steps-button")
+    download = download_info.value
+    assert download.suggested_filename == f"snnmon-{job_id}-step-metrics.csv"
+    rows = Path(download.path()).read_text().strip().splitlines()
+    assert rows[0].split(",") == ["step", "epoch", "batch_loss", "batch_accuracy", "lr", "samples_per_s"]
+    assert [int(r.split(",")[0]) for r in rows[1:]] == steps
+
 
 @pytest.mark.slow
 def test_compared_runs_overlay_highlight_lr_and_survive_a_reload(page, server, lr_runs, artifacts):
@@ -93,7 +103,7 @@ def test_compared_runs_overlay_highlight_lr_and_survive_a_reload(page, server, l
                                "window.snnmon.runs.every(r => r.epochs.length === 2) && window.snnmon.runs.length === n",
                                arg=len(ids), timeout=15_000)
         labels = page.evaluate("Object.fromEntries(window.snnmon.runs.map(r => [r.jobId, r.label]))")
-        assert set(labels) == set(ids)
+        assert labels == {job_id: f"lr {LRS[lr_runs.index(job_id)]}" for job_id in ids}  # legend by run name
         for chart in ("loss", "accuracy", "spikes"):
             lines = chart_lines(page, chart)
             assert {line["run"] for line in lines} == set(ids), chart

@@ -98,8 +98,12 @@ export const api = {
   jobs: () => request("GET", "/api/training/jobs"),
   patch: (jobId, fields) => request("PATCH", `/api/training/jobs/${enc(jobId)}`, fields, { interactive: true }),
   remove: (jobId) => request("DELETE", `/api/training/jobs/${enc(jobId)}`, undefined, { interactive: true }),
-  metricsCsv: (jobId) =>
-    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv`, undefined, { interactive: true, as: "text" }),
+  // level "epoch" (one row per epoch) or "step" (one row per batch event)
+  metricsCsv: (jobId, level = "epoch") =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv&level=${enc(level)}`, undefined, {
+      interactive: true,
+      as: "text",
+    }),
 };
 
 // EventSource cannot send headers: the token travels as ?access_token=. A manual reconnect (after

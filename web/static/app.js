@@ -124,7 +124,13 @@ async function onTrain(event) {
   button.disabled = true;
   form.clearErrors();
   try {
-    const answer = await api.start(form.values());
+    // Run metadata travels in the start body next to the config (not TrainConfig fields).
+    const body = form.values();
+    const name = $("#run-name").value.trim();
+    const tags = $("#run-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+    if (name) body.name = name;
+    if (tags.length) body.tags = tags;
+    const answer = await api.start(body);
     await watch(answer.job_id);
     jobsList.refresh();
   } catch (err) {
@@ -151,17 +157,17 @@ async function onStop() {
   }
 }
 
-// The per-epoch metrics of the selected job as a CSV file. Fetched through the API client (so a token
-// is sent as a header) and saved from a Blob, since a plain link could not carry the header.
-async function onExport() {
+// The selected job's metrics (per epoch or per step) as a CSV file. Fetched through the API client
+// (so a token is sent as a header) and saved from a Blob, since a plain link could not carry the header.
+async function onExport(level) {
   if (!job) return;
   const jobId = job.jobId;
   try {
-    const csv = await api.metricsCsv(jobId);
+    const csv = await api.metricsCsv(jobId, level);
     const url = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
     const link = document.createElement("a");
     link.href = url;
-    link.download = `snnmon-${jobId}-metrics.csv`;
+    link.download = `snnmon-${jobId}-${level === "epoch" ? "" : `${level}-`}metrics.csv`;
     document.body.append(link);
     link.click();
     link.remove();
@@ -250,7 +256,8 @@ async function init() {
   $("#train-form").addEventListener("submit", onTrain);
   $("#reset-button").addEventListener("click", () => form && form.reset());
   $("#stop-button").addEventListener("click", onStop);
-  $("#export-button").addEventListener("click", onExport);
+  $("#export-button").addEventListener("click", () => onExport("epoch"));
+  $("#export-steps-button").addEventListener("click", () => onExport("step"));
   $("#compare-clear").addEventListener("click", () => {
     jobsList.pick([]);
     onPick([]);

@@ -118,6 +118,7 @@ export class Monitor {
     badge.className = "status";
     $("#stop-button").disabled = true;
     $("#export-button").disabled = false;
+    $("#export-steps-button").disabled = false;
     this.redraw();
   }
 
