@@ -47,7 +47,7 @@ async function watch(jobId) {
     const record = await api.status(jobId);
     if (job !== mine) return;
     monitor.applyRecord(record);
-    fillMeta(record);
+    fillMeta(record, { reset: true });
   } catch (err) {
     if (job !== mine) return;
     const unknown = err instanceof ApiError && err.status === 404;
@@ -177,29 +177,40 @@ async function onExport(level) {
   }
 }
 
-// Name, tags and notes of the selected job, saved with PATCH.
-function fillMeta(record) {
-  $("#meta-name").value = record.name || "";
-  $("#meta-tags").value = (record.tags || []).join(", ");
-  $("#meta-notes").value = record.notes || "";
-  $("#meta-error").textContent = "";
-  $("#meta-saved").textContent = "";
+// Name, tags and notes of the selected job, saved with PATCH. A field the user has changed is
+// "dirty": polls leave it alone, the others follow the record (an edit in the runs table, a script).
+const META_FIELDS = {
+  name: { selector: "#meta-name", show: (r) => r.name || "", read: (v) => v.trim() },
+  tags: { selector: "#meta-tags", show: (r) => (r.tags || []).join(", "), read: (v) => v.split(",").map((t) => t.trim()).filter(Boolean) },
+  notes: { selector: "#meta-notes", show: (r) => r.notes || "", read: (v) => v },
+};
+
+function fillMeta(record, { reset = false } = {}) {
+  for (const { selector, show } of Object.values(META_FIELDS)) {
+    const input = $(selector);
+    if (reset) delete input.dataset.dirty;
+    if (!input.dataset.dirty && input.value !== show(record)) input.value = show(record);
+  }
+  if (reset) {
+    $("#meta-error").textContent = "";
+    $("#meta-saved").textContent = "";
+  }
 }
 
 async function onSaveMeta(event) {
   event.preventDefault();
   if (!job) return;
   const target = job;
-  const fields = {
-    name: $("#meta-name").value.trim(),
-    tags: $("#meta-tags").value.split(",").map((t) => t.trim()).filter(Boolean),
-    notes: $("#meta-notes").value,
-  };
+  const fields = {};
+  for (const [name, { selector, read }] of Object.entries(META_FIELDS)) {
+    if ($(selector).dataset.dirty) fields[name] = read($(selector).value);
+  }
   $("#meta-error").textContent = "";
+  if (!Object.keys(fields).length) return;
   try {
     const record = await api.patch(target.jobId, fields);
     if (job !== target) return;
-    if (record && record.job_id) fillMeta(record);
+    if (record && record.job_id) fillMeta(record, { reset: true });
     $("#meta-saved").textContent = "saved";
     jobsList.refresh();
   } catch (err) {
@@ -219,6 +230,8 @@ const jobsList = new JobsList($("#jobs-table"), $("#jobs-filter"), {
   onRecords: (records) => {
     $("#jobs-error").textContent = "";
     for (const record of records) monitor.applyRecord(record); // the monitor keeps only its runs'
+    const selected = job && records.find((r) => r.job_id === job.jobId);
+    if (selected) fillMeta(selected);
   },
   onError: (message) => {
     $("#jobs-error").textContent = message;
@@ -263,6 +276,10 @@ async function init() {
     onPick([]);
   });
   $("#meta-form").addEventListener("submit", onSaveMeta);
+  $("#meta-form").addEventListener("input", (event) => {
+    event.target.dataset.dirty = "true";
+    $("#meta-saved").textContent = "";
+  });
   jobsList.start();
   const query = new URLSearchParams(window.location.search);
   const compared = (query.get("compare") || "").split(",").filter(Boolean);
