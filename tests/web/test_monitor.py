@@ -267,7 +267,7 @@ def test_phone_link_opens_at_the_job(browser, server, lr_runs, artifacts):
         context.close()
 
 
-def test_a_silent_layer_warning_shows_on_the_job_and_in_its_record(page, server):
+def test_a_silent_layer_warning_shows_on_the_job_and_in_its_record(page, server, artifacts):
     # Lapicque's input gain at 5 timesteps leaves the output layer (lifs.1) silent from the first epoch.
     job_id = start(server, epochs=1, cell_type="LapicqueCell", hidden=[16])
     open_dashboard(page, server, f"?job={job_id}")
@@ -283,6 +283,8 @@ def test_a_silent_layer_warning_shows_on_the_job_and_in_its_record(page, server)
     assert any("lifs.1" in text and "silent" in text for text in shown), shown
     record = server.api("GET", f"/api/training/status/{job_id}")[1]
     assert [(w["kind"], w.get("layer")) for w in record.get("warnings", [])] == [("silent_layer", "lifs.1")]
+    page.locator("#spike-bars").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "silent-layer-warning.png"))
 
 
 def test_name_tags_and_notes_edited_in_place_survive_a_restart_and_the_filter_finds_the_tag(

@@ -87,7 +87,8 @@ export class LineChart {
       },
       axes: [
         { ...AXIS, label: xLabel },
-        { ...AXIS, label: this.yLabel, size: 60, values: (u, splits) => splits.map((v) => formatNumber(v)) },
+        // uPlot's own tick labels: their decimals follow the tick spacing, so 2.3026 and 2.3031 differ.
+        { ...AXIS, label: this.yLabel, size: 64 },
       ],
       series: [
         { label: xLabel, value: (u, v) => (v == null ? "–" : formatNumber(v)) },

@@ -112,7 +112,9 @@ export class LayerPanel {
         element("span", "layer-silent", `silent ${percentText(stat.silent_fraction)}`),
         element("span", "layer-saturated", `saturated ${percentText(stat.saturated_fraction)}`),
       );
-      if (Array.isArray(stat.rate_histogram) && stat.rate_histogram.length) details.append(histogram(stat.rate_histogram));
+      if (Array.isArray(stat.rate_histogram) && stat.rate_histogram.length) {
+        details.append(element("span", "histogram-label", "rates 0"), histogram(stat.rate_histogram), element("span", "histogram-label", "1"));
+      }
       item.append(details);
     }
     // A warning is sent when its layer turns silent; shown from that epoch on.
