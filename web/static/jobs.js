@@ -4,7 +4,7 @@
 // name and tags are edited in place (double-click), finished runs can be deleted.
 
 import { api } from "./api.js";
-import { formatNumber } from "./series.js";
+import { formatDuration, formatNumber } from "./series.js";
 
 export const TERMINAL_STATUSES = new Set(["completed", "stopped", "failed"]);
 const POLL_MS = 2000;
@@ -42,13 +42,6 @@ function durationSeconds(record) {
   if (!Number.isFinite(record.started_at)) return null;
   const end = Number.isFinite(record.finished_at) ? record.finished_at : Date.now() / 1000;
   return Math.max(0, end - record.started_at);
-}
-
-function formatDuration(seconds) {
-  if (seconds === null) return "–";
-  const s = Math.round(seconds);
-  const m = Math.floor(s / 60);
-  return m >= 60 ? `${Math.floor(m / 60)}h ${m % 60}m` : `${m}:${String(s % 60).padStart(2, "0")}`;
 }
 
 // [column, text of a record, value to sort by]

@@ -8,7 +8,7 @@ import { TERMINAL_STATUSES, bestValAccuracy, formatPercent } from "./jobs.js";
 import { LayerPanel } from "./layers.js";
 import { metricLines, parameterLines, spikeLines } from "./plots.js";
 import { RunData } from "./run.js";
-import { formatNumber } from "./series.js";
+import { formatDuration, formatNumber } from "./series.js";
 
 const $ = (selector) => document.querySelector(selector);
 // Statuses only move forward; a late poll answer never takes a job back from "stopping" to "running".
@@ -24,13 +24,6 @@ const EVENT_METHODS = {
 };
 const CONNECTION_TEXT = { open: "live", reconnecting: "reconnecting…", ended: "stream ended", idle: "" };
 const VIEW_KEY = "snnmon.view";
-
-export function formatDuration(seconds) {
-  if (!Number.isFinite(seconds) || seconds < 0) return "–";
-  const s = Math.round(seconds);
-  const m = Math.floor(s / 60);
-  return m >= 60 ? `${Math.floor(m / 60)}h ${m % 60}m` : `${m}:${String(s % 60).padStart(2, "0")}`;
-}
 
 function savedView() {
   try {

@@ -58,3 +58,11 @@ export function formatNumber(value) {
   if (size < 1e-3 || size >= 1e5) return value.toExponential(3);
   return Number(value.toPrecision(4)).toString();
 }
+
+// "m:ss", or "Hh Mm" from an hour on.
+export function formatDuration(seconds) {
+  if (seconds == null || !Number.isFinite(seconds) || seconds < 0) return "–";
+  const s = Math.round(seconds);
+  const m = Math.floor(s / 60);
+  return m >= 60 ? `${Math.floor(m / 60)}h ${m % 60}m` : `${m}:${String(s % 60).padStart(2, "0")}`;
+}
