@@ -181,8 +181,8 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
 def evaluate(model, bundle: datasets.DataBundle, config: TrainConfig, model_input, between_batches) -> tuple[float, float]:
     """Mean loss and accuracy over the validation set; calls ``between_batches()`` before each batch."""
     model.eval()
-    loss_sum = torch.zeros((), device=bundle.val_images.device)  # summed on the device, read once
-    correct = torch.zeros((), device=bundle.val_images.device)
+    loss_sum = torch.zeros((), device=bundle.val_labels.device)  # summed on the device, read once
+    correct = torch.zeros((), device=bundle.val_labels.device)
     for images, labels in datasets.iterate_batches(bundle.val_images, bundle.val_labels,
                                                    max(config.batch_size, 256), shuffle=False):
         between_batches()
