@@ -27,9 +27,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from service import metadata
 from service.backend import Backend, JobHandle, JobSpec
 from service.devices import DevicePool
-from service.errors import InvalidConfig, JobActive, ShuttingDown, UnknownJob
+from service.errors import BadRequest, InvalidConfig, JobActive, ShuttingDown, UnknownJob
 from service.events import EventChannel
 from service.settings import Settings
 from service.store import JobRecord, JobStore, StoredJob
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("snnmon.jobs")
 
-WORKER_EVENTS = frozenset({"config", "batch", "epoch", "completed", "stopped", "error"})
+WORKER_EVENTS = frozenset({"config", "batch", "epoch", "warning", "completed", "stopped", "error"})
 INTERRUPTED = "interrupted by server restart"
 # At shutdown SIGKILL follows SIGTERM after at most this long, so the server exits within
 # stop-grace + 5 s (the rest: reaping, the last commits, ending the streams).
@@ -86,10 +87,24 @@ class JobManager:
         """Every job's record, newest first (dicts keep insertion order, which is creation order)."""
         return [job.record for job in reversed(self._jobs.values())]
 
+    def find(self, query: Any) -> list[JobRecord]:
+        """Records, newest first, that pass a request's ``status``/``tag``/``q`` filters (BadRequest if bad)."""
+        try:
+            filters = metadata.parse_filters(query)
+        except metadata.InvalidMetadata as exc:
+            raise BadRequest(f"invalid filter: {exc}", fields=exc.fields) from None
+        return [record for record in self.records() if metadata.matches(record, **filters)]
+
     async def epoch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
         """A job's record and the data of its epoch events so far, read from the store."""
         record = self.record(job_id)
         events = await self._store.events_named(job_id, "epoch")
+        return record, [event.data for event in events]
+
+    async def batch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
+        """A job's record and the data of its batch events so far, read from the store."""
+        record = self.record(job_id)
+        events = await self._store.events_named(job_id, "batch")
         return record, [event.data for event in events]
 
     def _job(self, job_id: str) -> Job:
@@ -105,6 +120,8 @@ class JobManager:
         interrupted = 0
         for item in stored:
             record = item.record
+            if not record.name:  # a job from before run names: it gets its default one
+                record.name = metadata.default_name(record.config, self.records())
             job = Job(record, EventChannel(record.job_id, self._store, head_seq=item.head_seq,
                                            finished=record.finished, metrics=self.metrics))
             self._jobs[record.job_id] = job
@@ -120,19 +137,43 @@ class JobManager:
         """Validate a start request's body and queue the job; raise InvalidConfig for a bad one."""
         if self.shutting_down:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry on its successor")
+        body, run_info = metadata.split_start_body(body)  # name, tags, notes: not TrainConfig fields
+        errors: dict[str, str] = {}
         try:
             config = TrainConfig.from_dict(body).with_seed()
         except ConfigError as exc:
-            raise InvalidConfig(exc.fields) from None
+            errors.update(exc.fields)
+        try:
+            run_info = metadata.validate(run_info, partial=False)
+        except metadata.InvalidMetadata as exc:
+            errors.update(exc.fields)
+        if errors:
+            raise InvalidConfig(errors)
         self._devices.check(config.device)
         job_id = uuid.uuid4().hex[:12]
-        record = JobRecord(job_id, config.to_dict(), epochs=config.epochs)
+        record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, **run_info)
+        if not record.name:
+            record.name = metadata.default_name(record.config, self.records())
         self._store.put_job(record)
         self._jobs[job_id] = Job(record, EventChannel(job_id, self._store, metrics=self.metrics))
         self._waiting.append(job_id)
         log.info("job %s queued: %s", job_id, config.to_dict())
         self._prune()
         self._schedule()
+        return record
+
+    def update(self, job_id: str, body: Any) -> JobRecord:
+        """Change a job's name, tags or notes (any job, running or not); the record is stored at once."""
+        record = self.record(job_id)
+        if not isinstance(body, dict) or not body:
+            raise BadRequest(f"body must be a JSON object with any of {', '.join(metadata.FIELDS)}",
+                             fields={"body": f"a JSON object with any of {', '.join(metadata.FIELDS)}"})
+        try:
+            changes = metadata.validate(body, partial=True)
+        except metadata.InvalidMetadata as exc:
+            raise BadRequest(f"invalid run metadata: {exc}", fields=exc.fields) from None
+        self._save(record, **changes)
+        log.info("job %s metadata changed: %s", job_id, ", ".join(changes))
         return record
 
     def stop(self, job_id: str) -> JobRecord:

@@ -36,7 +36,7 @@ from typing import Any
 
 TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
 PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
-MESSAGE_LIMIT = 300  # characters of an error message sent to clients
+MESSAGE_LIMIT = 1000  # characters of an error message sent to clients: long enough for a fix hint with paths
 
 
 def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
