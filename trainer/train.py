@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as datasets
+from trainer.checkpoint import Checkpoints, TrainingState
 from trainer.config import TrainConfig
 from trainer.models import build_model
 
@@ -44,8 +45,11 @@ def resolve_device(requested: str) -> str:
 
 def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lambda: False, *,
           device: str | None = None, data_dir=None, allow_download: bool = True,
-          job_id: str | None = None) -> str:
-    """Train ``config`` to the end, a stop or an error; return the terminal event's name."""
+          job_id: str | None = None, checkpoints: Checkpoints | None = None) -> str:
+    """Train ``config`` to the end, a stop or an error; return the terminal event's name.
+
+    ``checkpoints`` (``trainer.checkpoint``): where to write ``last``/``best`` after each epoch, and
+    what to start from (a run to resume, weights to fine-tune)."""
     started = time.perf_counter()
     config = config.with_seed()
     device = resolve_device(device or config.device)
@@ -82,10 +86,14 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
             raise StopRequested(epoch)
 
     n_train_batches = datasets.n_batches(bundle.n_train, config.batch_size)
-    epoch = 0
+    checkpoints = checkpoints or Checkpoints()
+    state = TrainingState(model, optimizer, {"shuffle": shuffle_gen, "encode": encode_gen},
+                          (bundle.mean, bundle.std), device=device)
+    first_epoch = checkpoints.restore(config, state, emit)  # > 0 when resuming
+    epoch = first_epoch
     last = {}
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             # -- train one epoch
             epoch_start = time.perf_counter()
             model.train()
@@ -133,6 +141,7 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                 "param_snapshot": model.param_snapshot(),
                 "epoch_s": time.perf_counter() - epoch_start,
             })
+            checkpoints.save(config, state, epoch, (epoch + 1) * n_train_batches, last, emit)
     except StopRequested:
         emit("stopped", {"epoch": epoch, "forced": False})
         return "stopped"
