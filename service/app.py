@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from service import api, auth, static, stream
+from service import api, artifacts, auth, static, stream
 from service.backend import Backend, ProcessBackend
 from service.cors import OriginPolicy
 from service.devices import DevicePool, visible_gpu_count
@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir())
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(api.routes())
+    app.add_routes(artifacts.routes())
     app.add_routes(stream.routes())
     app.add_routes(static.routes())
     if origins is not None:

@@ -7,10 +7,12 @@
     ├── Unauthorized (401 unauthorized, with a WWW-Authenticate: Bearer header)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not_found)
-    │   └── UnknownJob (404 unknown_job)
+    │   ├── UnknownJob (404 unknown_job)
+    │   └── NoCheckpoint (404 no_checkpoint)
     ├── MethodNotAllowed (405 method_not_allowed)
     ├── JobActive (409 job_active)
     ├── PayloadTooLarge (413 payload_too_large)
+    ├── NotExportable (422 not_exportable, with ``cell`` and ``reason``)
     └── ServiceUnavailable (503 service_unavailable)
         ├── ShuttingDown (503 shutting_down)
         └── NotReady (503 not_ready)
@@ -82,6 +84,19 @@ class UnknownJob(NotFound):
 
     def __init__(self, job_id: str):
         super().__init__(f"no job with id {job_id!r}", job_id=job_id)
+
+
+class NoCheckpoint(NotFound):
+    """The job exists but has not written the checkpoint asked for (yet)."""
+
+    code = "no_checkpoint"
+
+
+class NotExportable(ServiceError):
+    """The network uses a cell the export format cannot express the same way."""
+
+    status = 422
+    code = "not_exportable"
 
 
 class MethodNotAllowed(ServiceError):

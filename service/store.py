@@ -41,6 +41,10 @@ class JobRecord:
     best_val_accuracy: float | None = None
     error: str | None = None  # one line, when failed
     forced: bool = False  # stopped by signals after the grace period
+    artifacts: dict[str, Any] = field(default_factory=dict)  # {"best"|"last": {"epoch", "bytes"}}
+    disk_bytes: int = 0  # the job's checkpoint folder in the data directory
+    resumed_from: str | None = None  # the job this one continues (start option resume_from)
+    init_from: dict[str, str] | None = None  # {"job_id", "which"}: the weights this job started from
 
     @property
     def finished(self) -> bool:
@@ -67,6 +71,8 @@ class JobRecord:
             if isinstance(accuracy, (int, float)) and (self.best_val_accuracy is None
                                                        or accuracy > self.best_val_accuracy):
                 self.best_val_accuracy = accuracy
+        elif event == "checkpoint":
+            self.artifacts[str(data.get("which"))] = {"epoch": data.get("epoch"), "bytes": data.get("bytes")}
         elif event == "completed":
             self.status, self.final_metrics, self.finished_at = "completed", data, now
         elif event == "stopped":

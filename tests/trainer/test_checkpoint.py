@@ -99,7 +99,7 @@ def test_fine_tune_starts_where_the_source_ended(three_epochs):
 
 def test_fine_tune_with_another_architecture_names_the_mismatch(three_epochs):
     directory, _, _ = three_epochs
-    with pytest.raises(CheckpointError, match=r"fcs\.0\.weight is \[32, 784\] in the checkpoint but \[8, 784\]"):
+    with pytest.raises(CheckpointError, match=r"fcs\.0\.weight is \[16, 784\] in the checkpoint but \[8, 784\]"):
         run({"hidden": [8]}, init_from=directory / "last.safetensors")
 
 
