@@ -99,14 +99,18 @@ def test_conv_spiking_net_exports_and_simulates_like_the_trained_model(tmp_path)
         "Flatten", "Affine", "LIF", "Affine", "LIF", "Output"]
 
 
-@pytest.mark.parametrize("cell, node", [("IFCell", nir.IF), ("LapicqueCell", nir.LIF),
-                                         ("SynapticCell", nir.CubaLIF), ("SecondOrderLIFCell", nir.CubaLIF)])
-def test_other_expressible_cells_map_exactly(cell, node, tmp_path):
+@pytest.mark.parametrize("cell, node, drive", [("IFCell", nir.IF, 4), ("LapicqueCell", nir.LIF, 60),
+                                                ("SynapticCell", nir.CubaLIF, 4),
+                                                ("SecondOrderLIFCell", nir.CubaLIF, 4)])
+def test_other_expressible_cells_map_exactly(cell, node, drive):
     config = TrainConfig.from_dict({**LIF_NET, "cell_type": cell, "learn_threshold": True})
     torch.manual_seed(3)
     model = build_model(config).eval()
+    with torch.no_grad():  # larger weights, so that an untrained network spikes in every layer
+        for fc in model.fcs:  # (Lapicque's input gain is R dt/tau = 1/20)
+            fc.weight.mul_(drive)
     bundle = data.synthetic_dataset(config.seed, 64, 32)
-    inputs = sample_inputs(config, bundle) * 4  # strong drive: an untrained network spikes too
+    inputs = sample_inputs(config, bundle)
     graph = nir_export.to_nir(model, config, (bundle.mean, bundle.std))
     assert isinstance(graph.nodes["lifs.0"], node)
     with torch.no_grad():
