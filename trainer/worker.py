@@ -20,7 +20,7 @@ Test-only fault hook: ``SNNMON_TEST_FAULT`` in the server's environment (workers
 ``hang`` ignores SIGTERM and blocks forever after its first batch event (it can neither see the stop
 Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event;
 ``checkpointkill`` SIGKILLs the worker in the middle of its second epoch's checkpoint write (the temporary
-file written, not yet renamed). Nothing in the HTTP API can set it: only whoever starts the server.
+file written, not yet renamed); a job resuming that one runs without it. Nothing in the HTTP API can set it: only whoever starts the server.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
 
         checkpoints = Checkpoints(spec.get("checkpoint_dir"), resume_from=spec.get("resume_dir"),
                                   init_from=spec.get("init_weights"),
-                                  before_replace=_kill_on_write(3) if fault == "checkpointkill" else None)
+                                  before_replace=_kill_on_write(3) if fault == "checkpointkill"
+                                  and not spec.get("resume_dir") else None)
         train(TrainConfig.from_dict(spec["config"]), emit, stop_event.is_set,
               device=spec["device"], data_dir=spec["data_dir"],
               allow_download=spec["allow_download"], job_id=spec["job_id"], checkpoints=checkpoints)

@@ -2,6 +2,7 @@
 // stream is current at a time; events from any other (an older selection) are ignored.
 
 import { api, ApiError } from "./api.js";
+import { ArtifactActions, FineTuneChoice } from "./artifacts.js";
 import { TrainForm } from "./form.js";
 import { JobsList } from "./jobs.js";
 import { Monitor } from "./monitor.js";
@@ -22,6 +23,7 @@ async function watch(jobId) {
   const mine = { jobId, stream: null };
   job = mine;
   monitor.reset(jobId);
+  artifactActions.show(null);
   jobsList.select(jobId);
   const url = new URL(window.location.href);
   url.searchParams.set("job", jobId); // a reload reattaches to this job
@@ -31,6 +33,7 @@ async function watch(jobId) {
     const record = await api.status(jobId);
     if (job !== mine) return;
     monitor.applyRecord(record);
+    artifactActions.show(record);
   } catch (err) {
     if (job !== mine) return;
     const unknown = err instanceof ApiError && err.status === 404;
@@ -66,7 +69,7 @@ async function onTrain(event) {
   button.disabled = true;
   form.clearErrors();
   try {
-    const answer = await api.start(form.values());
+    const answer = await api.start({ ...form.values(), ...fineTune.option() });
     await watch(answer.job_id);
     jobsList.refresh();
   } catch (err) {
@@ -115,12 +118,23 @@ async function onExport() {
 
 // -- start-up
 
+const artifactActions = new ArtifactActions({
+  onStarted: (jobId) => {
+    watch(jobId);
+    jobsList.refresh();
+  },
+  onError: (message) => monitor.showError(message),
+});
+const fineTune = new FineTuneChoice();
+
 const jobsList = new JobsList($("#jobs-table tbody"), {
   onSelect: (id) => watch(id),
   onRecords: (records) => {
     $("#jobs-error").textContent = "";
     const selected = job && records.find((r) => r.job_id === job.jobId);
     if (selected) monitor.applyRecord(selected);
+    if (selected) artifactActions.show(selected);
+    fineTune.update(records);
   },
   onError: (message) => {
     $("#jobs-error").textContent = message;
