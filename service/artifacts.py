@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.errors import BadRequest, InvalidConfig, NoCheckpoint, NotExportable
+from service.errors import BadRequest, InvalidConfig, NoCheckpoint, NotExportable, UnknownJob
 from service.settings import Settings
 from trainer.config import FIELDS_BY_NAME, ConfigError, TrainConfig
 
@@ -136,8 +136,6 @@ def _init_origin(manager: Any, settings: Settings, init_from: Any) -> StartOrigi
 
 
 def _source_record(manager: Any, option: str, job_id: str):
-    from service.errors import UnknownJob
-
     try:
         return manager.record(job_id)
     except UnknownJob:
@@ -166,7 +164,7 @@ def _which(request: web.Request) -> str:
 
 
 def _existing_weights(request: web.Request, which: str) -> tuple[Any, Path]:
-    from service.api import JOB_MANAGER, SETTINGS
+    from service.api import JOB_MANAGER, SETTINGS  # service.api imports this module
 
     record = request.app[JOB_MANAGER].record(request.match_info["job_id"])
     path = weights_path(request.app[SETTINGS], record.job_id, which)
