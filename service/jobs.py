@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import artifacts
 from service.backend import Backend, JobHandle, JobSpec
@@ -35,6 +35,9 @@ from service.events import EventChannel
 from service.settings import Settings
 from service.store import JobRecord, JobStore, StoredJob
 from trainer.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from service.prometheus import ServiceMetrics
 
 log = logging.getLogger("snnmon.jobs")
 
@@ -58,7 +61,9 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, store: JobStore, backend: Backend, devices: DevicePool):
+    def __init__(self, settings: Settings, store: JobStore, backend: Backend, devices: DevicePool,
+                 metrics: ServiceMetrics | None = None):
+        self.metrics = metrics  # /metrics counters (service.prometheus); None: not counted
         self._settings = settings
         self._store = store
         self._backend = backend
@@ -102,7 +107,7 @@ class JobManager:
         for item in stored:
             record = item.record
             job = Job(record, EventChannel(record.job_id, self._store, head_seq=item.head_seq,
-                                           finished=record.finished))
+                                           finished=record.finished, metrics=self.metrics))
             self._jobs[record.job_id] = job
             if not record.finished:  # the server stopped without ending it: its stream must end
                 self._append(job, "error", {"message": INTERRUPTED})
@@ -126,7 +131,7 @@ class JobManager:
         record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, resumed_from=origin.resumed_from,
                            init_from=origin.init_from)
         self._store.put_job(record)
-        self._jobs[job_id] = Job(record, EventChannel(job_id, self._store))
+        self._jobs[job_id] = Job(record, EventChannel(job_id, self._store, metrics=self.metrics))
         self._waiting.append(job_id)
         log.info("job %s queued: %s", job_id, config.to_dict())
         self._prune()
@@ -232,6 +237,8 @@ class JobManager:
                     self._append(job, "stopped", {"epoch": record.epoch, "forced": True})
                 else:
                     self._append(job, "error", {"message": exit_status.describe()})
+            if self.metrics is not None:
+                self.metrics.worker_exited(_exit_reason(record, exit_status.code, job.stop_requested))
         except Exception:  # task boundary: the server keeps serving, the job ends failed
             log.exception("job %s: internal error", record.job_id)
             if job.handle is not None:
@@ -325,6 +332,17 @@ class JobManager:
 def _remove_all_files(settings: Settings, job_ids: list[str]) -> None:
     for job_id in job_ids:
         artifacts.remove_job_files(settings, job_id)
+
+
+def _exit_reason(record: JobRecord, code: int | None, stop_requested: bool) -> str:
+    """How a worker ended, for /metrics (service.prometheus.EXIT_REASONS)."""
+    if record.status == "completed":
+        return "completed"
+    if record.status == "stopped":
+        return "forced" if record.forced else "stopped"
+    if code is not None and code < 0 and not stop_requested:
+        return "signal"
+    return "error" if code == 0 else "crashed"
 
 
 async def _exits_within(handle: JobHandle, seconds: float) -> bool:

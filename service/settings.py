@@ -41,6 +41,8 @@ class Settings:
     token: str | None = None  # bearer token every /api/ request must carry; None: no check
     insecure: bool = False  # allow a non-loopback host without a token (a proxy in front checks access)
     cors_origins: tuple[str, ...] = ()  # origins (scheme://host[:port]) whose pages may call the API; "*": any
+    metrics_open: bool = False  # /metrics without the token (a scraper on a private network)
+    log_format: str = "plain"  # "json": one JSON object a line, for log collectors
 
     def resolved_data_dir(self) -> Path:
         """The data directory: ``data_dir``, else the trainer's default (``$SNNMON_DATA_DIR``, XDG)."""
@@ -108,6 +110,13 @@ def _log_level(text: str) -> str:
     lowered = text.strip().lower()
     if lowered not in ("debug", "info", "warning", "error"):
         raise ValueError("must be debug, info, warning or error")
+    return lowered
+
+
+def _log_format(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("plain", "json"):
+        raise ValueError("must be plain or json")
     return lowered
 
 
@@ -182,6 +191,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("cors_origins", "--cors-origin", _origin,
            "an origin allowed to call the API from a browser (repeatable; * allows any)", "ORIGIN",
            repeat=True, shown_default="none"),
+    Option("metrics_open", "--metrics-open", _bool,
+           "serve /metrics without the token (it needs the token like /api/ otherwise)"),
+    Option("log_format", "--log-format", _log_format,
+           "plain, or json (one object a line, with job_id where there is one)", "FORMAT"),
 )
 
 
