@@ -125,3 +125,26 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
         checkpoint.load_model(tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         checkpoint.load_model(tmp_path / "missing.safetensors")
+
+
+def test_the_lr_scheduler_state_is_saved_and_restored(tmp_path):
+    config = TrainConfig.from_dict(TINY)
+
+    def fresh_state():
+        from trainer.models import build_model
+
+        model = build_model(config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+        return checkpoint.TrainingState(model, optimizer, {"shuffle": torch.Generator()}, (0.1, 0.3),
+                                        scheduler=scheduler)
+
+    saved = fresh_state()
+    for _ in range(5):  # stepped per optimiser step: lr 0.005 -> 0.00125 after 4 steps
+        saved.optimizer.step()
+        saved.scheduler.step()
+    Checkpoints(tmp_path).save(config, saved, 0, 5, {"val_accuracy": 0.5}, lambda e, d: None)
+    restored = fresh_state()
+    assert Checkpoints(resume_from=tmp_path).restore(config, restored, lambda e, d: None) == 1
+    assert restored.scheduler.state_dict() == saved.scheduler.state_dict()
+    assert restored.optimizer.param_groups[0]["lr"] == saved.optimizer.param_groups[0]["lr"] == 0.00125
