@@ -1,9 +1,9 @@
 """Export a trained network as a NIR graph (Pedersen et al. 2024, "Neuromorphic intermediate
 representation"), the interchange format that neuromorphic simulators and chips read.
 
-Nodes: ``Input`` (the 1x28x28 image) → ``Flatten`` → ``Affine`` → neuron … for ``SpikingNet``;
-``Conv2d`` → neuron → ``SumPool2d`` + ``Threshold(0.5)`` → … → ``Flatten`` → ``Affine`` → neuron …
-for ``ConvSpikingNet`` → ``Output`` (the 10 output neurons' spikes). Weights and biases are the trained
+Nodes: ``Input`` (one C x H x W input: an image, or an N-MNIST time bin) → ``Flatten`` → ``Affine`` →
+neuron … for ``SpikingNet``; ``Conv2d`` → neuron → ``SumPool2d`` + ``Threshold(0.5)`` → … →
+``Flatten`` → ``Affine`` → neuron … for ``ConvSpikingNet`` → ``Output`` (the output neurons' spikes). Weights and biases are the trained
 tensors unchanged. Max pooling of 0/1 spikes is exactly "at least one spike in the window", which NIR
 writes as a sum pool followed by a threshold at 0.5 (NIR has no max pool).
 
@@ -39,7 +39,7 @@ import nir
 import numpy as np
 import torch
 
-from trainer import checkpoint
+from trainer import catalog, checkpoint
 from trainer.config import TrainConfig
 from trainer.models import ConvSpikingNet, SNNModel, SpikingNet
 
@@ -89,18 +89,22 @@ def to_nir(model: SNNModel, config: TrainConfig, input_stats: tuple[float, float
     else:
         raise NotExportable(type(model).__name__, "no NIR mapping is written for this network")
     names = list(nodes)
-    nodes = {"input": nir.Input(input_type={"input": np.array([1, 28, 28])}), **nodes,
-             "output": nir.Output(output_type={"output": np.array([10])})}
+    nodes = {"input": nir.Input(input_type={"input": np.array(model.input_shape)}), **nodes,
+             "output": nir.Output(output_type={"output": np.array([model.n_classes])})}
     edges = list(zip(["input", *names], [*names, "output"]))
     mean, std = input_stats
-    encoding = ("the image normalised as (pixel/255 - input_mean)/input_std, the same input at every "
-                "timestep" if config.encoding == "direct" else
-                "Bernoulli spikes with probability pixel/255, drawn anew at every timestep")
+    if catalog.DATASETS_BY_NAME[config.dataset].kind == "events":
+        encoding = "event frames: the ON/OFF events of each of the timesteps' time bins, one frame per timestep"
+    elif config.encoding == "direct":
+        encoding = ("the image normalised as (pixel/255 - input_mean)/input_std, the same input at every "
+                    "timestep")
+    else:
+        encoding = "Bernoulli spikes with probability pixel/255, drawn anew at every timestep"
     return nir.NIRGraph(nodes, edges, metadata={
         "source": "snnmon", "config": json.dumps(config.to_dict()), "dt": DT,
         "timesteps": config.timesteps, "encoding": config.encoding, "input": encoding,
         "input_mean": mean, "input_std": std,
-        "readout": "argmax over the 10 outputs of their spike counts over the timesteps",
+        "readout": f"argmax over the {model.n_classes} outputs of their spike counts over the timesteps",
         "discretisation": "forward Euler at dt per timestep; nodes update in graph order, edges have "
                           "no delay; CubaLIF updates its current before its membrane",
         "reset": RESET_NOTE,
@@ -117,15 +121,17 @@ def _conv(layer: torch.nn.Conv2d, input_hw: tuple[int, int]) -> nir.Conv2d:
                       bias=_array(layer.bias))
 
 
-def _spike_max_pool(channels_hw: tuple[int, int, int]) -> list[tuple[str, nir.NIRNode]]:
-    """max_pool2d(2) of 0/1 spikes = (sum over the 2x2 window) > 0.5."""
+def _spike_max_pool(cell_shape: tuple[int, int, int]) -> list[tuple[str, nir.NIRNode]]:
+    """max_pool2d(2) of 0/1 spikes = (sum over the 2x2 window) > 0.5 (floor mode, as torch's)."""
+    channels, height, width = cell_shape
     return [("pool", nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
                                    padding=np.array([0, 0]))),
-            ("any_spike", nir.Threshold(threshold=np.full(channels_hw, 0.5, dtype=np.float32)))]
+            ("any_spike", nir.Threshold(threshold=np.full((channels, height // 2, width // 2), 0.5,
+                                                          dtype=np.float32)))]
 
 
 def _spiking_net_nodes(model: SpikingNet) -> dict[str, nir.NIRNode]:
-    nodes = {"flatten": nir.Flatten(input_type={"input": np.array([1, 28, 28])}, start_dim=0)}
+    nodes = {"flatten": nir.Flatten(input_type={"input": np.array(model.input_shape)}, start_dim=0)}
     for i, (fc, cell) in enumerate(zip(model.fcs, model.lifs)):
         nodes[f"fcs.{i}"] = _affine(fc)
         nodes[f"lifs.{i}"] = _neuron(cell)
@@ -133,11 +139,15 @@ def _spiking_net_nodes(model: SpikingNet) -> dict[str, nir.NIRNode]:
 
 
 def _conv_net_nodes(model: ConvSpikingNet) -> dict[str, nir.NIRNode]:
-    nodes = {"conv1": _conv(model.conv1, (28, 28)), "lif1": _neuron(model.lif1)}
-    nodes.update({f"{name}1": node for name, node in _spike_max_pool((32, 12, 12))})
-    nodes.update({"conv2": _conv(model.conv2, (12, 12)), "lif2": _neuron(model.lif2)})
-    nodes.update({f"{name}2": node for name, node in _spike_max_pool((64, 4, 4))})
-    nodes["flatten"] = nir.Flatten(input_type={"input": np.array([64, 4, 4])}, start_dim=0)
+    # 1x28x28: conv 24x24, pool 12x12, conv 8x8, pool 4x4; 2x34x34: 30, 15, 11, 5
+    _, height, width = model.input_shape
+    pooled1 = (model.lif1.shape[1] // 2, model.lif1.shape[2] // 2)
+    pooled2 = (model.lif2.shape[0], model.lif2.shape[1] // 2, model.lif2.shape[2] // 2)
+    nodes = {"conv1": _conv(model.conv1, (height, width)), "lif1": _neuron(model.lif1)}
+    nodes.update({f"{name}1": node for name, node in _spike_max_pool(model.lif1.shape)})
+    nodes.update({"conv2": _conv(model.conv2, pooled1), "lif2": _neuron(model.lif2)})
+    nodes.update({f"{name}2": node for name, node in _spike_max_pool(model.lif2.shape)})
+    nodes["flatten"] = nir.Flatten(input_type={"input": np.array(pooled2)}, start_dim=0)
     nodes.update({"fc1": _affine(model.fc1), "lif3": _neuron(model.lif3),
                   "fc2": _affine(model.fc2), "lif4": _neuron(model.lif4)})
     return nodes

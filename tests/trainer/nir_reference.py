@@ -27,13 +27,15 @@ def chain_order(graph: nir.NIRGraph) -> list[str]:
 
 
 def simulate(graph: nir.NIRGraph, inputs: np.ndarray, timesteps: int, *, reset: str = "nir") -> np.ndarray:
-    """inputs [B, 1, 28, 28] fed at every step -> output spikes [T, B, 10]."""
+    """inputs [B, C, H, W] fed at every step, or one per step [T, B, C, H, W] -> output spikes
+    [T, B, n_outputs]."""
     dt = float(graph.metadata.get("dt", 1.0))
     order = chain_order(graph)
     state: dict[str, dict[str, np.ndarray]] = {}
     outputs = []
-    for _ in range(timesteps):
-        x = inputs.astype(np.float64)
+    sequence = inputs.ndim == 5
+    for t in range(timesteps):
+        x = (inputs[t] if sequence else inputs).astype(np.float64)
         for name in order[1:]:
             node = graph.nodes[name]
             if isinstance(node, nir.Output):

@@ -128,3 +128,21 @@ def test_cells_nir_cannot_express_are_refused_with_the_reason(cell, why):
     with pytest.raises(nir_export.NotExportable, match=why) as caught:
         nir_export.to_nir(build_model(config), config, (0.0, 1.0))
     assert caught.value.cell == cell
+
+
+def test_an_event_dataset_conv_net_maps_exactly():
+    """N-MNIST's 2x34x34 frames, one per timestep: other conv and pool sizes (30, 15, 11, 5)."""
+    config = TrainConfig.from_dict({**LIF_NET, "network": "ConvSpikingNet", "dataset": "nmnist"})
+    torch.manual_seed(5)
+    model = build_model(config).eval()
+    with torch.no_grad():  # larger weights, so that an untrained network spikes in every layer
+        for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
+            layer.weight.mul_(3)
+    frames = (torch.rand(config.timesteps, 4, 2, 34, 34, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    graph = nir_export.to_nir(model, config, (0.0, 1.0))
+    assert list(graph.nodes["flatten"].input_type["input"]) == [64, 5, 5]
+    with torch.no_grad():
+        trained = model(frames).numpy()
+    assert trained.sum() > 0
+    np.testing.assert_array_equal(nir_reference.simulate(graph, frames.numpy(), config.timesteps,
+                                                         reset="subtract"), trained)
