@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service import errors, metadata, metrics
+from service import artifacts, errors, metadata, metrics
 from service.store import STATUSES, JobRecord
 from trainer import config as train_config
 
@@ -147,11 +147,28 @@ def run_metadata_schema(min_properties: int = 0) -> dict[str, Any]:
     }}
 
 
-def start_body_schema() -> dict[str, Any]:
-    """TrainConfig's fields plus the run metadata, which the service splits off before validating them."""
-    config = train_config_schema()
-    return {**config, "properties": {**config["properties"], **run_metadata_schema()["properties"]}}
+def start_options_schema() -> dict[str, Any]:
+    """resume_from / init_from (service.artifacts): where a job's weights come from."""
+    return {
+        "resume_from": {"type": "string", "description": "continue this stopped or failed job from its last "
+                                                         "checkpoint, with its own config (only device may change)"},
+        "init_from": {"type": "object", "required": ["job_id"], "additionalProperties": False,
+                      "description": "fine-tune: start from this job's weights (the same architecture)",
+                      "properties": {"job_id": {"type": "string"},
+                                     "which": {"type": "string", "enum": list(artifacts.WHICH)}}},
+    }
 
+
+def start_body_schema() -> dict[str, Any]:
+    """TrainConfig's fields plus the run metadata and the start options, which the service splits off
+    before validating them."""
+    config = train_config_schema()
+    return {**config, "properties": {**config["properties"], **run_metadata_schema()["properties"],
+                                     **start_options_schema()}}
+
+
+WHICH = {"name": "which", "in": "query", "schema": {"type": "string", "enum": list(artifacts.WHICH)},
+         "description": "best (the default) or last"}
 
 JOB_FILTERS = [
     {"name": "status", "in": "query", "schema": {"type": "string"},
@@ -231,6 +248,18 @@ def _paths() -> dict[str, Any]:
             parameters=[JOB_ID, {"name": "format", "in": "query", "schema": {"type": "string",
                                                                               "enum": ["json", "csv"]}},
                         {"name": "level", "in": "query", "schema": {"type": "string", "enum": list(metrics.LEVELS)}}])},
+        "/api/training/jobs/{job_id}/checkpoint": {"get": _operation(
+            "the job's best or last weights as a safetensors download",
+            {200: {"description": "a safetensors file", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+            parameters=[JOB_ID, WHICH])},
+        "/api/training/jobs/{job_id}/export": {"get": _operation(
+            "the job's network (best weights unless which=last) as a NIR graph (HDF5)",
+            {200: {"description": "a NIR file", "content": {
+                "application/x-hdf5": {"schema": {"type": "string", "format": "binary"}}}}},
+            parameters=[JOB_ID, WHICH, {"name": "format", "in": "query",
+                                        "schema": {"type": "string", "enum": list(artifacts.EXPORT_FORMATS)}}],
+            extra_errors=(422,))},
         "/api/training/stream/{job_id}": {"get": stream},
         "/api/training/{job_id}/stream": {"get": stream},
     }
