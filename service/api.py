@@ -1,5 +1,6 @@
-"""The JSON endpoints under ``/api/training/`` (catalog, config schema, start, stop, status, jobs, delete,
-metrics export) and the health checks ``/healthz`` and ``/readyz``.
+"""The JSON endpoints under ``/api/training/`` (catalog, config schema, start, stop, status, jobs and their
+filters, run metadata (PATCH), delete, metrics export per epoch or per step) and the health checks
+``/healthz`` and ``/readyz``.
 
 Handlers raise ``service.errors``; the app's one middleware turns those into JSON error responses.
 Request bodies are parsed whatever their Content-Type (``curl -d`` sends form-encoded), and must be
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service import metrics
+from service import artifacts, metrics
 from service.errors import (BadEncoding, BadRequest, InvalidJSON, NotReady, PayloadTooLarge, RequestTimeout,
                             capped_fields)
 from service.jobs import JobManager
@@ -71,7 +72,9 @@ async def config_schema(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    record = request.app[JOB_MANAGER].submit(await read_json(request))
+    manager = request.app[JOB_MANAGER]
+    body, origin = await artifacts.split_start_options(manager, request.app[SETTINGS], await read_json(request))
+    record = manager.submit(body, origin)
     return json_response({"job_id": record.job_id, "status": record.status}, status=202)
 
 
@@ -98,8 +101,14 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def jobs(request: web.Request) -> web.Response:
-    """Every job record, newest first."""
-    return json_response([record.to_dict() for record in request.app[JOB_MANAGER].records()])
+    """Job records, newest first; ``?status=`` (comma-separated), ``?tag=`` (repeatable), ``?q=`` filter."""
+    return json_response([record.to_dict() for record in request.app[JOB_MANAGER].find(request.query)])
+
+
+async def update_job(request: web.Request) -> web.Response:
+    """PATCH a job's name, tags or notes; answers the whole updated record."""
+    record = request.app[JOB_MANAGER].update(request.match_info["job_id"], await read_json(request))
+    return json_response(record.to_dict())
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -109,15 +118,26 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 async def job_metrics(request: web.Request) -> web.Response:
-    """Per-epoch metrics: JSON by default, ``?format=csv`` as a file download."""
+    """Per-epoch (``?level=epoch``, the default) or per-batch-event (``?level=step``) metrics: JSON by
+    default, ``?format=csv`` as a file download."""
     wanted = request.query.get("format", "json")
     if wanted not in ("json", "csv"):
         raise BadRequest(f"format must be json or csv, got {wanted[:20]!r}", fields={"format": "json or csv"})
-    record, epochs = await request.app[JOB_MANAGER].epoch_rows(request.match_info["job_id"])
+    level = request.query.get("level", "epoch")
+    if level not in metrics.LEVELS:
+        raise BadRequest(f"level must be epoch or step, got {level[:20]!r}", fields={"level": "epoch or step"})
+    manager = request.app[JOB_MANAGER]
+    job_id = request.match_info["job_id"]
+    if level == "step":
+        record, batches = await manager.batch_rows(job_id)
+        body = metrics.steps_as_json(record, batches) if wanted == "json" else metrics.steps_as_csv(batches)
+    else:
+        record, epochs = await manager.epoch_rows(job_id)
+        body = metrics.as_json(record, epochs) if wanted == "json" else metrics.as_csv(epochs)
     if wanted == "json":
-        return json_response(metrics.as_json(record, epochs))
-    return web.Response(text=metrics.as_csv(epochs), content_type="text/csv", charset="utf-8", headers={
-        "Content-Disposition": f'attachment; filename="{metrics.csv_filename(record.job_id)}"'})
+        return json_response(body)
+    return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{metrics.csv_filename(record.job_id, level)}"'})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -147,6 +167,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/training/status/{job_id}", status),
         web.get("/api/training/jobs", jobs),
         web.get("/api/training/jobs/{job_id}", status),
+        web.patch("/api/training/jobs/{job_id}", update_job),
         web.delete("/api/training/jobs/{job_id}", delete_job),
         web.get("/api/training/jobs/{job_id}/metrics", job_metrics),
     ]

@@ -27,9 +27,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from service import artifacts, metadata
 from service.backend import Backend, JobHandle, JobSpec
 from service.devices import DevicePool
-from service.errors import InvalidConfig, JobActive, ShuttingDown, UnknownJob
+from service.errors import BadRequest, InvalidConfig, JobActive, ShuttingDown, UnknownJob
 from service.events import EventChannel
 from service.settings import Settings
 from service.store import JobRecord, JobStore, StoredJob
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("snnmon.jobs")
 
-WORKER_EVENTS = frozenset({"config", "batch", "epoch", "completed", "stopped", "error"})
+WORKER_EVENTS = frozenset({"config", "batch", "epoch", "warning", "checkpoint", "completed", "stopped", "error"})
 INTERRUPTED = "interrupted by server restart"
 # At shutdown SIGKILL follows SIGTERM after at most this long, so the server exits within
 # stop-grace + 5 s (the rest: reaping, the last commits, ending the streams).
@@ -86,10 +87,24 @@ class JobManager:
         """Every job's record, newest first (dicts keep insertion order, which is creation order)."""
         return [job.record for job in reversed(self._jobs.values())]
 
+    def find(self, query: Any) -> list[JobRecord]:
+        """Records, newest first, that pass a request's ``status``/``tag``/``q`` filters (BadRequest if bad)."""
+        try:
+            filters = metadata.parse_filters(query)
+        except metadata.InvalidMetadata as exc:
+            raise BadRequest(f"invalid filter: {exc}", fields=exc.fields) from None
+        return [record for record in self.records() if metadata.matches(record, **filters)]
+
     async def epoch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
         """A job's record and the data of its epoch events so far, read from the store."""
         record = self.record(job_id)
         events = await self._store.events_named(job_id, "epoch")
+        return record, [event.data for event in events]
+
+    async def batch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
+        """A job's record and the data of its batch events so far, read from the store."""
+        record = self.record(job_id)
+        events = await self._store.events_named(job_id, "batch")
         return record, [event.data for event in events]
 
     def _job(self, job_id: str) -> Job:
@@ -105,6 +120,8 @@ class JobManager:
         interrupted = 0
         for item in stored:
             record = item.record
+            if not record.name:  # a job from before run names: it gets its default one
+                record.name = metadata.default_name(record.config, self.records())
             job = Job(record, EventChannel(record.job_id, self._store, head_seq=item.head_seq,
                                            finished=record.finished, metrics=self.metrics))
             self._jobs[record.job_id] = job
@@ -116,23 +133,49 @@ class JobManager:
             log.info("restored %d job(s), %d of them unfinished: marked failed (%s)", len(stored), interrupted,
                      INTERRUPTED)
 
-    def submit(self, body: Any) -> JobRecord:
-        """Validate a start request's body and queue the job; raise InvalidConfig for a bad one."""
+    def submit(self, body: Any, origin: artifacts.StartOrigin = artifacts.StartOrigin()) -> JobRecord:
+        """Validate a start request's body and queue the job; raise InvalidConfig for a bad one.
+        ``origin``: the checkpoint it starts from (``artifacts.split_start_options``, checked already)."""
         if self.shutting_down:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry on its successor")
+        body, run_info = metadata.split_start_body(body)  # name, tags, notes: not TrainConfig fields
+        errors: dict[str, str] = {}
         try:
             config = TrainConfig.from_dict(body).with_seed()
         except ConfigError as exc:
-            raise InvalidConfig(exc.fields) from None
+            errors.update(exc.fields)
+        try:
+            run_info = metadata.validate(run_info, partial=False)
+        except metadata.InvalidMetadata as exc:
+            errors.update(exc.fields)
+        if errors:
+            raise InvalidConfig(errors)
         self._devices.check(config.device)
         job_id = uuid.uuid4().hex[:12]
-        record = JobRecord(job_id, config.to_dict(), epochs=config.epochs)
+        record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, resumed_from=origin.resumed_from,
+                           init_from=origin.init_from, **run_info)
+        if not record.name:
+            record.name = metadata.default_name(record.config, self.records())
         self._store.put_job(record)
         self._jobs[job_id] = Job(record, EventChannel(job_id, self._store, metrics=self.metrics))
         self._waiting.append(job_id)
         log.info("job %s queued: %s", job_id, config.to_dict())
         self._prune()
         self._schedule()
+        return record
+
+    def update(self, job_id: str, body: Any) -> JobRecord:
+        """Change a job's name, tags or notes (any job, running or not); the record is stored at once."""
+        record = self.record(job_id)
+        if not isinstance(body, dict) or not body:
+            raise BadRequest(f"body must be a JSON object with any of {', '.join(metadata.FIELDS)}",
+                             fields={"body": f"a JSON object with any of {', '.join(metadata.FIELDS)}"})
+        try:
+            changes = metadata.validate(body, partial=True)
+        except metadata.InvalidMetadata as exc:
+            raise BadRequest(f"invalid run metadata: {exc}", fields=exc.fields) from None
+        self._save(record, **changes)
+        log.info("job %s metadata changed: %s", job_id, ", ".join(changes))
         return record
 
     def stop(self, job_id: str) -> JobRecord:
@@ -153,11 +196,12 @@ class JobManager:
         return record  # a job still being started gets its stop as soon as its process exists
 
     async def delete(self, job_id: str) -> None:
-        """Delete a finished job and its events (JobActive for one that has not finished)."""
+        """Delete a finished job, its events and its checkpoints (JobActive for one that has not finished)."""
         job = self._job(job_id)
         if not job.record.finished:
             raise JobActive(job_id, job.record.status)
         await self._forget(job)
+        await asyncio.get_running_loop().run_in_executor(None, artifacts.remove_job_files, self._settings, job_id)
         log.info("job %s deleted", job_id)
 
     async def shutdown(self) -> None:
@@ -211,7 +255,7 @@ class JobManager:
         try:
             spec = JobSpec(record.job_id, record.config, device,
                            self._settings.threads_per_cpu_job(), self._settings.data_dir,
-                           self._settings.allow_download)
+                           self._settings.allow_download, **self._checkpoint_paths(record))
             try:
                 job.handle = await self._backend.submit(spec)
             except Exception as exc:  # task boundary: e.g. too many processes or open files
@@ -248,6 +292,16 @@ class JobManager:
             self._active -= 1
             self._schedule()
 
+    def _checkpoint_paths(self, record: JobRecord) -> dict[str, str | None]:
+        """The worker's checkpoint folder, and what it starts from (paths of other jobs' files)."""
+        settings = self._settings
+        init = record.init_from
+        return {
+            "checkpoint_dir": str(artifacts.job_dir(settings, record.job_id)),
+            "resume_dir": str(artifacts.job_dir(settings, record.resumed_from)) if record.resumed_from else None,
+            "init_weights": str(artifacts.weights_path(settings, init["job_id"], init["which"])) if init else None,
+        }
+
     def _begin_stop(self, job: Job) -> None:
         job.handle.request_stop()
         if job.reaper is None:
@@ -277,6 +331,8 @@ class JobManager:
         if job.channel.finished:
             log.warning("job %s: %s event after the terminal event dropped", job.record.job_id, name)
             return
+        if name == "checkpoint":  # the file is on disk already: the record's size includes it
+            job.record.disk_bytes = artifacts.disk_usage(artifacts.job_dir(self._settings, job.record.job_id))
         self._append(job, name, data)
 
     def _append(self, job: Job, name: str, data: dict[str, Any]) -> None:
@@ -304,11 +360,18 @@ class JobManager:
             self._forget(job)
         if oldest:
             log.info("pruned %d finished job(s) beyond --keep-jobs %d", len(oldest), self._settings.keep_jobs)
+            asyncio.get_running_loop().run_in_executor(None, _remove_all_files, self._settings,
+                                                       [job.record.job_id for job in oldest])
 
     def _forget(self, job: Job) -> asyncio.Future[None]:
         del self._jobs[job.record.job_id]
         job.channel.delete()
         return self._store.delete_job(job.record.job_id)
+
+
+def _remove_all_files(settings: Settings, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        artifacts.remove_job_files(settings, job_id)
 
 
 def _exit_reason(record: JobRecord, code: int | None, stop_requested: bool) -> str:

@@ -23,6 +23,9 @@ TERMINAL_EVENTS = frozenset({"completed", "stopped", "error"})
 TERMINAL_STATUSES = frozenset({"completed", "stopped", "failed"})
 # queued → starting → running → completed | stopped | failed, with stopping between
 STATUSES = ("queued", "starting", "running", "stopping", "completed", "stopped", "failed")
+# The record is rewritten with every event: a run that warns every epoch must not make that slow.
+# (Every warning stays in the job's events either way.)
+WARNINGS_KEPT = 100
 
 
 @dataclass
@@ -41,6 +44,14 @@ class JobRecord:
     best_val_accuracy: float | None = None
     error: str | None = None  # one line, when failed
     forced: bool = False  # stopped by signals after the grace period
+    name: str = ""  # run metadata (service.metadata): set at start, changed by PATCH
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # data of its warning events, oldest first
+    artifacts: dict[str, Any] = field(default_factory=dict)  # {"best"|"last": {"epoch", "bytes"}}
+    disk_bytes: int = 0  # the job's checkpoint folder in the data directory
+    resumed_from: str | None = None  # the job this one continues (start option resume_from)
+    init_from: dict[str, str] | None = None  # {"job_id", "which"}: the weights this job started from
 
     @property
     def finished(self) -> bool:
@@ -67,6 +78,11 @@ class JobRecord:
             if isinstance(accuracy, (int, float)) and (self.best_val_accuracy is None
                                                        or accuracy > self.best_val_accuracy):
                 self.best_val_accuracy = accuracy
+        elif event == "warning":
+            if len(self.warnings) < WARNINGS_KEPT:
+                self.warnings.append(data)
+        elif event == "checkpoint":
+            self.artifacts[str(data.get("which"))] = {"epoch": data.get("epoch"), "bytes": data.get("bytes")}
         elif event == "completed":
             self.status, self.final_metrics, self.finished_at = "completed", data, now
         elif event == "stopped":

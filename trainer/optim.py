@@ -57,12 +57,15 @@ def lr_factor(step: int, schedule: str, total_steps: int, warmup_steps: int) -> 
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step schedule; sets the lr for step 0 at once, and each ``step()`` moves it to the next."""
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, *,
+                    start_step: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step schedule; sets the lr for step ``start_step`` (> 0 when resuming) at once, and each
+    ``step()`` moves it to the next."""
     total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    for group in optimizer.param_groups:  # the peak rate is this config's, whatever a restored state held
+        group["initial_lr"] = config.lr
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.lr_schedule, total, warmup))
+        optimizer, lambda step: lr_factor(start_step + step, config.lr_schedule, total, warmup))
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> None:

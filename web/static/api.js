@@ -57,7 +57,8 @@ function showTokenDialog() {
   });
 }
 
-// ``as: "text"`` returns the body as text (the CSV export) instead of parsing JSON.
+// ``as: "text"`` returns the body as text (the CSV export) instead of parsing JSON; ``as: "file"``
+// returns {blob, filename} (checkpoint downloads), the name from Content-Disposition.
 async function request(method, path, body, { interactive = false, retried = false, as = "json" } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -72,6 +73,7 @@ async function request(method, path, body, { interactive = false, retried = fals
     sessionStorage.removeItem(TOKEN_KEY);
     if (await askForToken()) return request(method, path, body, { interactive, retried: true, as });
   }
+  if (as === "file" && response.ok) return { blob: await response.blob(), filename: attachmentName(response) };
   const text = await response.text();
   if (as === "text" && response.ok) return text;
   let payload = null;
@@ -88,6 +90,11 @@ async function request(method, path, body, { interactive = false, retried = fals
 
 const enc = encodeURIComponent;
 
+function attachmentName(response) {
+  const match = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : "download";
+}
+
 export const api = {
   surrogates: () => request("GET", "/api/training/surrogates"),
   cellTypes: () => request("GET", "/api/training/cell-types"),
@@ -96,8 +103,18 @@ export const api = {
   stop: (jobId) => request("POST", "/api/training/stop", { job_id: jobId }, { interactive: true }),
   status: (jobId, { interactive = true } = {}) => request("GET", `/api/training/status/${enc(jobId)}`, undefined, { interactive }),
   jobs: () => request("GET", "/api/training/jobs"),
-  metricsCsv: (jobId) =>
-    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv`, undefined, { interactive: true, as: "text" }),
+  patch: (jobId, fields) => request("PATCH", `/api/training/jobs/${enc(jobId)}`, fields, { interactive: true }),
+  remove: (jobId) => request("DELETE", `/api/training/jobs/${enc(jobId)}`, undefined, { interactive: true }),
+  // level "epoch" (one row per epoch) or "step" (one row per batch event)
+  metricsCsv: (jobId, level = "epoch") =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv&level=${enc(level)}`, undefined, {
+      interactive: true,
+      as: "text",
+    }),
+  checkpoint: (jobId, which) =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/checkpoint?which=${enc(which)}`, undefined, { interactive: true, as: "file" }),
+  exportNir: (jobId, which) =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/export?format=nir&which=${enc(which)}`, undefined, { interactive: true, as: "file" }),
 };
 
 // EventSource cannot send headers: the token travels as ?access_token=. A manual reconnect (after
