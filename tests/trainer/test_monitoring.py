@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from trainer import catalog
 from trainer import train as train_module
 from trainer.activity import HISTOGRAM_BINS, LayerActivity
 from trainer.config import TrainConfig
@@ -100,8 +101,12 @@ def test_layer_activity_turns_counts_into_rates_and_fractions():
     assert activity.stats() == {}
 
 
-def test_a_silent_layer_is_warned_about_once_and_the_run_goes_on():
-    # Lapicque's input gain R dt/tau = 0.05 at 5 steps leaves the output layer silent from the start
+def test_a_silent_layer_is_warned_about_once_and_the_run_goes_on(monkeypatch):
+    # Lapicque with R = 1 (its default before issue 11): the input gain R dt/tau = 0.05 at 5 steps leaves
+    # the output layer silent from the start
+    defaults = catalog.cell_param_defaults
+    monkeypatch.setattr(catalog, "cell_param_defaults",
+                        lambda name: {**defaults(name), **({"R": 1.0} if name == "LapicqueCell" else {})})
     outcome, events = run({"epochs": 2, "cell_type": "LapicqueCell", "hidden": [16], "timesteps": 5,
                            "batch_size": 256})
     assert outcome == "completed"
