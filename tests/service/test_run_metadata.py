@@ -1,7 +1,7 @@
 """Issue 12's API against real servers: run metadata at start and by PATCH (surviving a restart), the
 job-list filters, warnings in the job record, and ``metrics?level=step`` equal to the stored batch events.
 
-One job trains (LapicqueCell at 5 steps: its output layer stays silent, so it warns); a second is
+One job trains (LapicqueCell, latency input at 5 steps: its output layer stays silent, so it warns); a second is
 started to get a default name. Then the first server stops and a second one opens the same data dir.
 """
 
@@ -19,7 +19,9 @@ from snnmon_client import get_json, post_json, read_stream, small_job, start_job
 
 pytestmark = pytest.mark.timeout(180)
 
-SILENT = small_job(cell_type="LapicqueCell", hidden=[16], epochs=1, batch_size=256, seed=5)
+# Lapicque with one latency spike per pixel at 5 steps (since issue 11 its default R = 10 drives a
+# direct-encoded image hard enough to fire the output)
+SILENT = small_job(cell_type="LapicqueCell", hidden=[16], epochs=1, batch_size=256, seed=5, encoding="latency")
 
 
 def request(server, method: str, path: str, body=None) -> tuple[int, object, dict]:

@@ -268,8 +268,10 @@ def test_phone_link_opens_at_the_job(browser, server, lr_runs, artifacts):
 
 
 def test_a_silent_layer_warning_shows_on_the_job_and_in_its_record(page, server, artifacts):
-    # Lapicque's input gain at 5 timesteps leaves the output layer (lifs.1) silent from the first epoch.
-    job_id = start(server, epochs=1, cell_type="LapicqueCell", hidden=[16])
+    # Lapicque with one latency spike per pixel at 5 timesteps leaves the output layer (lifs.1) silent
+    # from the first epoch (measured: silent fraction 0.9, warned).
+    job_id = start(server, epochs=1, cell_type="LapicqueCell", hidden=[16], timesteps=5, batch_size=256,
+                   seed=5, encoding="latency")
     open_dashboard(page, server, f"?job={job_id}")
     wait_status(page, "completed")
     row = page.locator("#spike-bars li[data-layer='lifs.1']")
