@@ -107,7 +107,7 @@ def test_other_expressible_cells_map_exactly(cell, node, drive):
     torch.manual_seed(3)
     model = build_model(config).eval()
     with torch.no_grad():  # larger weights, so that an untrained network spikes in every layer
-        for fc in model.fcs:  # (Lapicque's input gain is R dt/tau = 1/20)
+        for fc in model.fcs:  # (Lapicque's input gain R dt/tau was 1/20 when these were chosen; 1/2 since issue 11)
             fc.weight.mul_(drive)
     bundle = data.synthetic_dataset(config.seed, 64, 32)
     inputs = sample_inputs(config, bundle)
