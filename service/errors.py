@@ -3,7 +3,8 @@
     ServiceError (500 internal_error)
     ├── BadRequest (400 bad_request)
     │   ├── InvalidJSON (400 invalid_json)
-    │   └── InvalidConfig (400 invalid_config, with ``fields``)
+    │   ├── InvalidConfig (400 invalid_config, with ``fields``)
+    │   └── JobTooLarge (400 job_too_large: the memory estimate, the budget, the fields to reduce)
     ├── Unauthorized (401 unauthorized, with a WWW-Authenticate: Bearer header)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not_found)
@@ -13,7 +14,8 @@
     ├── PayloadTooLarge (413 payload_too_large)
     └── ServiceUnavailable (503 service_unavailable)
         ├── ShuttingDown (503 shutting_down)
-        └── NotReady (503 not_ready)
+        ├── NotReady (503 not_ready)
+        └── StoreUnavailable (503 store_unavailable: the job store cannot write, e.g. the disk is full)
 
 Handlers raise these; one middleware (``service.app``) turns them into ``{"error", "message", ...}``.
 """
@@ -54,6 +56,12 @@ class InvalidConfig(BadRequest):
     def __init__(self, fields: dict[str, str]):
         message = "; ".join(f"{name}: {reason}" for name, reason in fields.items())
         super().__init__(f"invalid config: {message}", fields=dict(fields))
+
+
+class JobTooLarge(BadRequest):
+    """A job whose estimated peak memory is over the per-job budget (``service.memory``)."""
+
+    code = "job_too_large"
 
 
 class Unauthorized(ServiceError):
@@ -114,3 +122,7 @@ class ShuttingDown(ServiceUnavailable):
 
 class NotReady(ServiceUnavailable):
     code = "not_ready"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"

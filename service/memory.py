@@ -1,0 +1,260 @@
+"""How much memory a job will need, judged from its config alone, and how much one job may have.
+
+Standard library only: the service admits or refuses a job without importing torch. Runs in the server
+process (``estimate_job_memory`` also in ``bench/memory_calibration.py``).
+
+The estimate of a CPU job's peak resident memory is a sum of terms (bytes):
+
+- ``baseline``: the worker process itself: Python, torch and the trainer imported, Adam's first step taken;
+- ``dataset``: the training data as the trainer holds it (uint8 arrays), with what building it costs;
+- ``parameters``: four float32 copies of every parameter (weights, gradients, Adam's two moments);
+- ``activations``: one batch's step: what autograd keeps for backpropagation through time, T x B x (floats
+  each layer's cell keeps per neuron and step, ``CELL_KEPT_FLOATS``, plus the conv maps and pooling
+  indices), and the transient gradients of the widest layer during the backward pass; or the validation
+  batch (max(B, 256) samples, no graph) when that is larger.
+
+On a GPU the same parameters, activations and data live in device memory, next to the CUDA context.
+The constants are calibrated against measured peaks (``bench/memory_calibration.py``, docs/benchmarks.md;
+``tests/service/test_memory_estimate.py`` keeps the estimate within 30% of them).
+
+The budget: ``--job-memory-limit`` when given; else the machine's memory (the smaller of RAM and this
+cgroup's limit), less what the server itself needs, shared by ``--max-concurrent`` jobs; for a GPU job,
+the GPU's memory shared by the jobs that may run on it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.config import FIELDS_BY_NAME, TrainConfig
+
+MIB = 1 << 20
+GIB = 1 << 30
+FLOAT = 4  # bytes: every activation and parameter is float32
+
+# Measured: a fresh worker's peak with the tiniest config and no data (torch 2.14 CUDA build, CPU job):
+# the import is ~690 MiB, Adam's first step imports ~150 MiB more, one validation batch ~130 MiB.
+WORKER_BASELINE_BYTES = 960 * MIB
+# Building the synthetic set (7,000 images) peaks at ~170 MiB of float temporaries; MNIST's 70,000 uint8
+# images are 55 MB, read from gzip through numpy (about three copies at the peak).
+DATASET_BYTES = {"synthetic": 170 * MIB, "mnist": 180 * MIB}
+CUDA_CONTEXT_BYTES = 600 * MIB  # device memory a CUDA context and torch's kernels take before any tensor
+# Floats autograd keeps per neuron and timestep for one layer's cell (counted with saved-tensor hooks):
+# the fused LIF recurrence keeps h and the spikes; per-step cells keep their states, the pre-spike input
+# and the stacked output. The second number is with learn_beta or learn_threshold on.
+CELL_KEPT_FLOATS: dict[str, tuple[float, float]] = {
+    "LIFCell": (2.0, 2.0), "IFCell": (2.0, 2.0), "LapicqueCell": (2.0, 3.0),
+    "ALIFCell": (3.0, 4.0), "ExpIFCell": (4.0, 7.0), "AdExCell": (4.0, 7.0), "AlphaCell": (4.0, 6.0),
+    "SecondOrderLIFCell": (2.0, 4.0), "SynapticCell": (2.0, 4.0), "RecurrentLIFCell": (3.25, 4.25),
+}
+UNKNOWN_CELL_KEPT = (7.0, 8.0)  # a cell added to the catalog but not measured here: assume the costliest
+# Transient floats per neuron and timestep of the widest layer during its backward pass (the incoming
+# gradient, the surrogate's temporaries, the gradient it returns): fitted to the measured peaks.
+BACKWARD_TRANSIENT_FLOATS = 2.5
+# Validation runs without a graph: its widest layer holds h and the spikes (per-step cells: the steps
+# and their stack) at once; rate input, the noise and the spikes.
+EVAL_TRANSIENT_FLOATS = 2.0
+EVAL_MIN_BATCH = 256  # trainer.train.evaluate uses max(batch_size, 256)
+
+INPUT_PIXELS = 28 * 28
+N_CLASSES = 10
+# ConvSpikingNet (trainer.models), per sample and timestep: the neurons of its four cells, and the maps
+# kept between them: two max-pool outputs (32x12x12, 64x4x4) with their int64 indices (two floats each).
+CONV_LAYER_NEURONS = (32 * 24 * 24, 64 * 8 * 8, 128, N_CLASSES)
+CONV_MAP_FLOATS = 3 * 32 * 12 * 12 + 3 * 64 * 4 * 4
+CONV_PARAMETERS = (32 * 1 * 5 * 5 + 32) + (64 * 32 * 5 * 5 + 64) + (64 * 4 * 4 * 128 + 128) + (128 * 10 + 10)
+
+# What the server keeps for itself when the budget is derived from the machine: its own torch import
+# (for torch.multiprocessing), the SQLite caches, the streams' buffers.
+SERVER_RESERVE_BYTES = 1536 * MIB
+GPU_USABLE_FRACTION = 0.9  # of a GPU's memory: the rest for fragmentation in torch's caching allocator
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A job's expected peak memory on its device, by term (bytes)."""
+
+    baseline: int
+    dataset: int
+    parameters: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.baseline + self.dataset + self.parameters + self.activations
+
+    def as_dict(self) -> dict[str, int]:
+        return {"baseline": self.baseline, "dataset": self.dataset, "parameters": self.parameters,
+                "activations": self.activations, "total": self.total}
+
+
+def layer_neurons(config: TrainConfig) -> list[int]:
+    """Neurons per spiking layer (per sample and timestep), input side first."""
+    if config.network == "ConvSpikingNet":
+        return list(CONV_LAYER_NEURONS)
+    return [*config.hidden, N_CLASSES]
+
+
+def parameter_count(config: TrainConfig) -> int:
+    if config.network == "ConvSpikingNet":
+        recurrent = 128 * 128 + N_CLASSES * N_CLASSES if config.cell_type == "RecurrentLIFCell" else 0
+        return CONV_PARAMETERS + recurrent
+    sizes = [INPUT_PIXELS, *config.hidden, N_CLASSES]
+    linear = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    recurrent = sum(n * n for n in sizes[1:]) if config.cell_type == "RecurrentLIFCell" else 0
+    return linear + recurrent
+
+
+def _cell_kept(config: TrainConfig, conv_layer: bool) -> float:
+    cell = "LIFCell" if conv_layer and config.cell_type == "RecurrentLIFCell" else config.cell_type
+    frozen, learned = CELL_KEPT_FLOATS.get(cell, UNKNOWN_CELL_KEPT)
+    return learned if config.learn_beta or config.learn_threshold else frozen
+
+
+def activation_bytes(config: TrainConfig) -> int:
+    """The larger of one training step's and one validation batch's activations."""
+    neurons = layer_neurons(config)
+    conv = config.network == "ConvSpikingNet"
+    kept = sum(_cell_kept(config, conv and i < 2) * n for i, n in enumerate(neurons))
+    if conv:
+        kept += CONV_MAP_FLOATS
+    rate_input = INPUT_PIXELS if config.encoding == "rate" else 0  # the input spikes, kept by layer one
+    per_step = kept + rate_input + BACKWARD_TRANSIENT_FLOATS * max(neurons)
+    train = config.timesteps * config.batch_size * per_step
+    evaluate = config.timesteps * max(config.batch_size, EVAL_MIN_BATCH) * (
+        EVAL_TRANSIENT_FLOATS * max(neurons) + 2 * rate_input)
+    return int(FLOAT * max(train, evaluate))
+
+
+def estimate_job_memory(config: TrainConfig, device: str) -> MemoryEstimate:
+    """The peak memory ``config`` will take on ``device`` ("cpu", or a GPU: device memory)."""
+    on_gpu = device != "cpu"
+    return MemoryEstimate(
+        baseline=CUDA_CONTEXT_BYTES if on_gpu else WORKER_BASELINE_BYTES,
+        dataset=DATASET_BYTES.get(config.dataset, max(DATASET_BYTES.values())),
+        parameters=4 * FLOAT * parameter_count(config),
+        activations=activation_bytes(config),
+    )
+
+
+def reducible_fields(config: TrainConfig) -> list[str]:
+    """The config fields whose smaller (or other) values make this job need less memory."""
+    fields = ["batch_size", "timesteps"]
+    if config.network == "SpikingNet":
+        fields.append("hidden")
+    if config.encoding == "rate":
+        fields.append("encoding")
+    if _cell_kept(config, False) > CELL_KEPT_FLOATS["LIFCell"][0]:
+        fields.append("cell_type")
+    if config.learn_beta or config.learn_threshold:
+        fields += [name for name in ("learn_beta", "learn_threshold") if getattr(config, name)]
+    if config.network == "ConvSpikingNet":
+        fields.append("network")
+    return fields
+
+
+def largest_fitting(config: TrainConfig, device: str, field: str, budget: int) -> int | None:
+    """The largest value of an integer field (batch_size, timesteps) that fits ``budget``; None if none."""
+    low, high = int(FIELDS_BY_NAME[field].min), getattr(config, field)
+    fits = lambda value: estimate_job_memory(dataclasses.replace(config, **{field: value}), device).total <= budget
+    if not fits(low):
+        return None
+    while low < high:  # the estimate grows with the value: bisect for the last that fits
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+# -- budgets
+
+
+def machine_memory_bytes() -> int:
+    """The memory this process's jobs may use: RAM, or this cgroup's limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+        break
+    return total
+
+
+def cpu_job_budget(job_memory_limit: int, max_concurrent: int) -> int:
+    """What one job may use of host memory: the flag, or the machine's share per concurrent job."""
+    if job_memory_limit > 0:
+        return job_memory_limit
+    return max(0, machine_memory_bytes() - SERVER_RESERVE_BYTES) // max_concurrent
+
+
+def gpu_job_budget(job_memory_limit: int, max_concurrent: int, gpu_count: int) -> int:
+    """What one job may use of a GPU: the flag, or the smallest GPU's memory shared by the jobs on it."""
+    if job_memory_limit > 0:
+        return job_memory_limit
+    memories = gpu_memory_bytes()
+    if not memories or gpu_count <= 0:
+        return 0
+    jobs_per_gpu = math.ceil(max_concurrent / gpu_count)
+    return int(min(memories) * GPU_USABLE_FRACTION) // jobs_per_gpu
+
+
+class _NvmlMemory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+def gpu_memory_bytes() -> list[int]:
+    """Each installed GPU's memory, from NVML (the driver's library), without creating a CUDA context."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return []
+    memories = []
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return []
+        try:
+            count = ctypes.c_uint(0)
+            if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+                return []
+            for index in range(count.value):
+                handle, info = ctypes.c_void_p(), _NvmlMemory()
+                if (nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) == 0
+                        and nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(info)) == 0):
+                    memories.append(int(info.total))
+        finally:
+            nvml.nvmlShutdown()
+    except AttributeError:  # a driver library without these symbols
+        return []
+    return memories
+
+
+# -- what a running worker holds
+
+
+def resident_bytes(pid: int) -> tuple[int, int] | None:
+    """(resident now, peak resident so far) of a process, from /proc; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0]) * 1024  # kB
+    if "VmRSS" not in values:  # a zombie: exited, not yet reaped
+        return None
+    return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
+
+
+def gib(value: float) -> str:
+    """Bytes as GiB with two decimals, as messages show them."""
+    return f"{value / GIB:.2f} GiB"
+
