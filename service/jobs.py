@@ -16,7 +16,8 @@ reduce); it answers only once the job's record is committed, so an acknowledged 
 a store that cannot write gets 503 ``store_unavailable`` (that attempt is also what learns that writes
 succeed again). While a worker runs, a watcher reads its resident memory and ends it (SIGKILL, ``failed``
 "exceeded its memory limit") past ``--job-memory-limit``, and sends a ``warning`` event when it has sent
-nothing for ``--stall-timeout`` seconds (``--stall-action kill``: the job also ends ``failed``). An event
+nothing for ``--stall-timeout`` seconds (``--stall-action kill``: the job also ends ``failed``); before its
+first event a starting worker is given at least ``STARTUP_ALLOWANCE_S``. An event
 the store could not save is never sent (``service.events``): the job is killed and ends ``failed``.
 
 History: at start-up ``restore`` takes every stored job back; one that had not finished ends ``failed``
@@ -54,6 +55,9 @@ INTERRUPTED = "interrupted by server restart"
 SHUTDOWN_KILL_GRACE_S = 2.0
 # How often the watcher reads a worker's memory: a step that allocates gigabytes takes longer than this.
 WATCH_INTERVAL_S = 0.5
+# Before its first event a worker is starting: importing torch and loading (or downloading) its data,
+# which takes from seconds to minutes on a loaded machine. A stall is counted from then on only after this.
+STARTUP_ALLOWANCE_S = 300.0
 # Why each field, made smaller or switched, makes a job need less memory (for job_too_large).
 REDUCE_REASONS = {
     "hidden": "fewer or smaller layers: what is kept per step grows with the neurons",
@@ -78,6 +82,7 @@ class Job:
     stop_requested: bool = False
     failure: str | None = None  # why the server ended the job itself: the message of its error event
     last_progress: float = 0.0  # loop time of the worker's latest event (or of its start)
+    reported: bool = False  # the worker has sent an event: it has started
     stall_warned: bool = False  # a warning was sent for the current silence
 
 
@@ -339,7 +344,8 @@ class JobManager:
                 self._end(job, f"exceeded its memory limit ({memory.gib(usage)} of {memory.gib(self.memory_limit)})")
                 return
             silent = loop.time() - job.last_progress
-            if silent < stall_s or job.stall_warned or job.stop_requested or job.channel.finished:
+            allowed = stall_s if job.reported else max(stall_s, STARTUP_ALLOWANCE_S)
+            if silent < allowed or job.stall_warned or job.stop_requested or job.channel.finished:
                 continue
             job.stall_warned = True
             kill = self._settings.stall_action == "kill"
@@ -347,9 +353,9 @@ class JobManager:
                         "; ending it (--stall-action kill)" if kill else "")
             self._append(job, "warning", {"kind": "stall", "message": (
                 f"no progress for {silent:.0f} s: the worker has sent no event for --stall-timeout "
-                f"{stall_s:g} s" + ("; the job is ended" if kill else ""))})
+                f"{allowed:g} s" + ("; the job is ended" if kill else ""))})
             if kill:
-                self._end(job, f"no progress for {stall_s:g} s")
+                self._end(job, f"no progress for {allowed:g} s")
                 return
 
     def _read_memory(self, job: Job) -> int | None:
@@ -394,7 +400,7 @@ class JobManager:
         if job.channel.finished:
             log.warning("job %s: %s event after the terminal event dropped", job.record.job_id, name)
             return
-        job.last_progress, job.stall_warned = asyncio.get_running_loop().time(), False
+        job.last_progress, job.stall_warned, job.reported = asyncio.get_running_loop().time(), False, True
         if job.failure is not None:
             return  # the server is ending this job: nothing it sends now can be saved or matters
         if name in ("completed", "stopped", "error"):

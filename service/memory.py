@@ -55,9 +55,9 @@ CELL_KEPT_FLOATS: dict[str, tuple[float, float]] = {
 UNKNOWN_CELL_KEPT = (7.0, 8.0)  # a cell added to the catalog but not measured here: assume the costliest
 # Transient floats per neuron and timestep of the widest layer during its backward pass (the incoming
 # gradient, the surrogate's temporaries, the gradient it returns): fitted to the measured peaks.
-BACKWARD_TRANSIENT_FLOATS = 2.5
-# Validation runs without a graph: its widest layer holds h and the spikes (per-step cells: the steps
-# and their stack) at once; rate input, the noise and the spikes.
+BACKWARD_TRANSIENT_FLOATS = 3.5
+# Validation runs without a graph: its widest layer holds h and the spikes at once (a per-step cell: its
+# states, the steps' spikes and their stack, about what it keeps in training); rate input: noise and spikes.
 EVAL_TRANSIENT_FLOATS = 2.0
 EVAL_MIN_BATCH = 256  # trainer.train.evaluate uses max(batch_size, 256)
 
@@ -110,9 +110,13 @@ def parameter_count(config: TrainConfig) -> int:
     return linear + recurrent
 
 
+def _cell_name(config: TrainConfig, conv_layer: bool) -> str:
+    """ConvSpikingNet puts LIF cells after its convolutions when the config asks for recurrent ones."""
+    return "LIFCell" if conv_layer and config.cell_type == "RecurrentLIFCell" else config.cell_type
+
+
 def _cell_kept(config: TrainConfig, conv_layer: bool) -> float:
-    cell = "LIFCell" if conv_layer and config.cell_type == "RecurrentLIFCell" else config.cell_type
-    frozen, learned = CELL_KEPT_FLOATS.get(cell, UNKNOWN_CELL_KEPT)
+    frozen, learned = CELL_KEPT_FLOATS.get(_cell_name(config, conv_layer), UNKNOWN_CELL_KEPT)
     return learned if config.learn_beta or config.learn_threshold else frozen
 
 
@@ -126,8 +130,11 @@ def activation_bytes(config: TrainConfig) -> int:
     rate_input = INPUT_PIXELS if config.encoding == "rate" else 0  # the input spikes, kept by layer one
     per_step = kept + rate_input + BACKWARD_TRANSIENT_FLOATS * max(neurons)
     train = config.timesteps * config.batch_size * per_step
+    widest = max(range(len(neurons)), key=neurons.__getitem__)
+    eval_floats = max(EVAL_TRANSIENT_FLOATS, CELL_KEPT_FLOATS.get(_cell_name(config, conv and widest < 2),
+                                                                 UNKNOWN_CELL_KEPT)[0])
     evaluate = config.timesteps * max(config.batch_size, EVAL_MIN_BATCH) * (
-        EVAL_TRANSIENT_FLOATS * max(neurons) + 2 * rate_input)
+        eval_floats * neurons[widest] + 2 * rate_input)
     return int(FLOAT * max(train, evaluate))
 
 

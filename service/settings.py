@@ -205,7 +205,8 @@ OPTIONS: tuple[Option, ...] = (
            "memory one job may use (e.g. 8G): larger jobs are refused, a worker that grows past it is ended",
            "SIZE", shown_default="0: the machine's memory / max-concurrent; a GPU job: its GPU's memory"),
     Option("stall_timeout_s", "--stall-timeout", _positive_float,
-           "seconds a worker may send no event before the job gets a warning event", "S"),
+           "seconds a worker may send no event before the job gets a warning event (before its first event: "
+           "at least 300 s, for its start-up)", "S"),
     Option("stall_action", "--stall-action", _stall_action,
            "what a stall does besides the warning: warn (nothing more) or kill (the job ends failed)", "ACTION"),
 )

@@ -18,7 +18,9 @@ worker
 Test-only fault hook: ``SNNMON_TEST_FAULT`` in the server's environment (workers inherit it) lists
 ``fault:seed`` pairs, e.g. ``hang:4242,raise:4343``; a job whose config seed matches gets the fault.
 ``hang`` ignores SIGTERM and blocks forever after its first batch event (it can neither see the stop
-Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event. Nothing in
+Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event; ``hog``
+allocates (and touches) 64 MiB every 50 ms after its first batch event, up to ``HOG_MAX_BYTES``, then
+blocks (what the server's memory watch must end). Nothing in
 the HTTP API can set it: only whoever starts the server.
 """
 
@@ -37,6 +39,7 @@ from typing import Any
 TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
 PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
 MESSAGE_LIMIT = 300  # characters of an error message sent to clients
+HOG_MAX_BYTES = 6 << 30  # the hog fault stops growing here, should the watch that ends it be broken
 
 
 def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
@@ -80,6 +83,13 @@ class _Emitter:
             raise RuntimeError("injected test fault (raise)\nthis second line must not reach clients")
         if self._fault == "hang" and event == "batch":
             while True:  # stuck: never returns to the loop, so never reads the stop Event
+                time.sleep(60)
+        if self._fault == "hog" and event == "batch":
+            held = []
+            while len(held) * (64 << 20) < HOG_MAX_BYTES:
+                held.append(b"\x01" * (64 << 20))  # written, so resident
+                time.sleep(0.05)
+            while True:
                 time.sleep(60)
 
 
@@ -137,6 +147,6 @@ def _exit_when_parent_dies() -> None:
 def _test_fault(seed: Any) -> str | None:
     for item in os.environ.get(TEST_FAULT_ENV, "").split(","):
         fault, _, target = item.strip().partition(":")
-        if fault in ("hang", "raise") and target == str(seed):
+        if fault in ("hang", "raise", "hog") and target == str(seed):
             return fault
     return None
