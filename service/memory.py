@@ -120,6 +120,17 @@ def _cell_kept(config: TrainConfig, conv_layer: bool) -> float:
     return learned if config.learn_beta or config.learn_threshold else frozen
 
 
+def _eval_floats(config: TrainConfig, neurons: list[int], layer: int, conv: bool) -> float:
+    """Floats per sample and step alive while validation runs one layer (no graph is kept)."""
+    cell = _cell_name(config, conv and layer < 2)
+    floats = max(EVAL_TRANSIENT_FLOATS, CELL_KEPT_FLOATS.get(cell, UNKNOWN_CELL_KEPT)[0]) * neurons[layer]
+    if layer > 0 or config.encoding == "rate":
+        floats += neurons[layer]  # its input current, computed over all T (direct layer one: a view)
+    if layer > 0:
+        floats += neurons[layer - 1]  # the spikes of the layer before, alive while it runs
+    return floats
+
+
 def activation_bytes(config: TrainConfig) -> int:
     """The larger of one training step's and one validation batch's activations."""
     neurons = layer_neurons(config)
@@ -130,11 +141,8 @@ def activation_bytes(config: TrainConfig) -> int:
     rate_input = INPUT_PIXELS if config.encoding == "rate" else 0  # the input spikes, kept by layer one
     per_step = kept + rate_input + BACKWARD_TRANSIENT_FLOATS * max(neurons)
     train = config.timesteps * config.batch_size * per_step
-    widest = max(range(len(neurons)), key=neurons.__getitem__)
-    eval_floats = max(EVAL_TRANSIENT_FLOATS, CELL_KEPT_FLOATS.get(_cell_name(config, conv and widest < 2),
-                                                                 UNKNOWN_CELL_KEPT)[0])
-    evaluate = config.timesteps * max(config.batch_size, EVAL_MIN_BATCH) * (
-        eval_floats * neurons[widest] + 2 * rate_input)
+    eval_per_step = max(_eval_floats(config, neurons, i, conv) for i in range(len(neurons))) + 2 * rate_input
+    evaluate = config.timesteps * max(config.batch_size, EVAL_MIN_BATCH) * eval_per_step
     return int(FLOAT * max(train, evaluate))
 
 

@@ -60,17 +60,17 @@ def test_it_grows_with_every_field_it_names_to_reduce():
         assert memory.estimate_job_memory(reduced, "cpu").total < total, field
 
 
-def test_the_issue_configs_are_judged_as_large_as_it_measured():
-    """Issue 10: MLP 4096x4 at B 512, T 100 heads for ~10 GB; ConvSpikingNet rate B 512 T 100 needs ~23 GB
-    (LIF) and ~47 GB (AlphaCell)."""
+def test_the_issue_configs_are_judged_about_as_large_as_it_found():
+    """Issue 10: MLP 4096x4 at B 512, T 100 was heading for ~10 GB; ConvSpikingNet rate B 512 T 100 needs
+    ~23 GB with LIF cells and far more (it says ~47 GB) with AlphaCell."""
     def gib(values: dict) -> float:
         return memory.estimate_job_memory(TrainConfig.from_dict(values), "cpu").total / memory.GIB
 
     big = {"batch_size": 512, "timesteps": 100}
-    assert 8 < gib({"hidden": [4096] * 4, **big}) < 16
+    assert 8 < gib({"hidden": [4096] * 4, **big}) < 14
     conv = {"network": "ConvSpikingNet", "encoding": "rate", **big}
-    assert 18 < gib(conv) < 35
-    assert gib({**conv, "cell_type": "AlphaCell"}) > 35
+    assert 18 < gib(conv) < 32
+    assert gib({**conv, "cell_type": "AlphaCell"}) > 1.25 * gib(conv)
 
 
 def test_largest_fitting_is_the_boundary():
