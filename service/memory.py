@@ -58,6 +58,10 @@ UNKNOWN_CELL_KEPT = (7.0, 8.0)  # a cell added to the catalog but not measured h
 # Transient floats per neuron and timestep of the widest layer during its backward pass (the incoming
 # gradient, the surrogate's temporaries, the gradient it returns): fitted to the measured peaks.
 BACKWARD_TRANSIENT_FLOATS = 3.5
+# A per-step cell's backward (autograd over each step's graph) holds far more: every step's gradients until
+# the stack and unbind backward gather them, and each step's temporaries; fitted the same way.
+PER_STEP_BACKWARD_TRANSIENT_FLOATS = 18.0
+FUSED_CELLS = frozenset({"LIFCell", "IFCell", "LapicqueCell"})  # one autograd node over T (trainer.fused)
 # Validation runs without a graph: its widest layer holds h and the spikes at once (a per-step cell: its
 # states, the steps' spikes and their stack, about what it keeps in training); rate input: noise and spikes.
 EVAL_TRANSIENT_FLOATS = 2.0
@@ -141,7 +145,10 @@ def activation_bytes(config: TrainConfig) -> int:
     if conv:
         kept += CONV_MAP_FLOATS
     rate_input = INPUT_PIXELS if config.encoding == "rate" else 0  # the input spikes, kept by layer one
-    per_step = kept + rate_input + BACKWARD_TRANSIENT_FLOATS * max(neurons)
+    widest = max(range(len(neurons)), key=neurons.__getitem__)
+    fused = _cell_name(config, conv and widest < 2) in FUSED_CELLS
+    transient = BACKWARD_TRANSIENT_FLOATS if fused else PER_STEP_BACKWARD_TRANSIENT_FLOATS
+    per_step = kept + rate_input + transient * neurons[widest]
     train = config.timesteps * config.batch_size * per_step
     eval_per_step = max(_eval_floats(config, neurons, i, conv) for i in range(len(neurons))) + 2 * rate_input
     evaluate = config.timesteps * max(config.batch_size, EVAL_MIN_BATCH) * eval_per_step

@@ -110,7 +110,7 @@ def test_resident_bytes_reads_this_process():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # about 45 CPU seconds in all; minutes of wall time on a crowded machine
 def test_the_estimate_is_within_30_percent_of_the_measured_peak():
     """Each config: one optimiser step and one validation batch in a fresh process, peak RSS from wait4.
     Two at a time (the peaks are per process, so running side by side does not change them)."""
@@ -118,7 +118,7 @@ def test_the_estimate_is_within_30_percent_of_the_measured_peak():
     with ThreadPoolExecutor(2) as pool:
         measured = list(pool.map(measure_peak_rss, QUICK_CONFIGS))
     report = []
-    for config, peak in zip(QUICK_CONFIGS, measured):
+    for config, (peak, _) in zip(QUICK_CONFIGS, measured):
         estimate = memory.estimate_job_memory(TrainConfig.from_dict(config), "cpu").total
         report.append((config, estimate / memory.MIB, peak / memory.MIB, estimate / peak))
     print("\n".join(f"{c}: estimate {e:.0f} MiB, measured {m:.0f} MiB, ratio {r:.2f}" for c, e, m, r in report))
