@@ -25,6 +25,7 @@ from service.cors import OriginPolicy
 from service.devices import DevicePool, visible_gpu_count
 from service.errors import InvalidConfig, MethodNotAllowed, NotFound, PayloadTooLarge, ServiceError
 from service.jobs import JobManager
+from service.prometheus import ServiceMetrics
 from service.settings import Settings
 from service.sqlite_store import SQLiteJobStore
 from service.store import JobStore
@@ -33,20 +34,28 @@ from trainer.config import ConfigError
 log = logging.getLogger("snnmon.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METRICS = web.AppKey("metrics", ServiceMetrics)  # GET /metrics (service.prometheus)
 
 
 def create_app(settings: Settings, *, store: JobStore | None = None,
                backend: Backend | None = None) -> web.Application:
-    # outermost first: errors become JSON whichever middleware or handler raised them
-    middlewares = [error_middleware]
+    metrics = ServiceMetrics()
+    # outermost first: errors become JSON whichever middleware or handler raised them (and /metrics
+    # counts the JSON answer the client got)
+    middlewares = [metrics.middleware, error_middleware]
     origins = OriginPolicy(settings.cors_origins) if settings.cors_origins else None
     if origins is not None:
         middlewares.append(origins.middleware())
     if settings.token is not None:
-        middlewares.append(auth.token_middleware(settings.token))
+        middlewares.append(auth.token_middleware(settings.token, protect_metrics=not settings.metrics_open))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[api.SETTINGS] = settings
     app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir())
+    app[METRICS] = metrics
+    metrics.watch(app, api.JOB_MANAGER, stream.OPEN_STREAMS)
+    if hasattr(app[api.STORE], "on_commit"):
+        app[api.STORE].on_commit = metrics.observe_commit
+    app.router.add_get("/metrics", metrics.handler, allow_head=False)
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(api.routes())
     app.add_routes(stream.routes())
@@ -67,7 +76,7 @@ def _job_manager_context(backend: Backend):
             devices = DevicePool(visible_gpu_count())
             log.info("devices: %d GPU(s) visible%s", devices.gpu_count,
                      "" if devices.gpu_count else "; jobs run on the CPU")
-            manager = JobManager(app[api.SETTINGS], store, backend, devices)
+            manager = JobManager(app[api.SETTINGS], store, backend, devices, metrics=app[METRICS])
             manager.restore(stored)
             app[api.JOB_MANAGER] = manager
             backend.warm_up()

@@ -32,12 +32,14 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
-def token_middleware(token: str):
+def token_middleware(token: str, *, protect_metrics: bool = True):
+    """``protect_metrics``: ``/metrics`` needs the token too (off with ``--metrics-open``)."""
     expected = _digest(token)
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/api" or request.path.startswith("/api/"):
+        if (request.path == "/api" or request.path.startswith("/api/")
+                or (protect_metrics and request.path == "/metrics")):
             _check(request, expected)
         return await handler(request)
 
@@ -76,4 +78,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
         self.logger.info('%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"', request.remote, request.method,
                          redacted_path(request), request.version.major, request.version.minor,
                          response.status, response.body_length, time,
-                         request.headers.get("User-Agent", "-"))
+                         request.headers.get("User-Agent", "-"), extra=_job_extra(request))
+
+
+def _job_extra(request: web.BaseRequest) -> dict[str, str] | None:
+    """The job a request was about, for ``--log-format json`` (service.logs)."""
+    match_info = getattr(request, "match_info", None)
+    job_id = match_info.get("job_id") if match_info is not None else None
+    return {"job_id": job_id} if job_id else None

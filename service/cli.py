@@ -1,5 +1,6 @@
 """``snnmon``: the command line. ``serve`` runs the HTTP service, ``train`` trains in the foreground,
-``data`` prepares an offline data directory. Each subcommand imports its package only when chosen, so
+``data`` prepares an offline data directory; ``submit``, ``watch``, ``jobs``, ``stop`` and ``metrics``
+drive a running server (``service.remote``). Each subcommand imports its package only when chosen, so
 ``snnmon serve`` never imports torch in the server process before it needs to.
 """
 
@@ -11,13 +12,14 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from trainer import console, mnist
-    from service import settings
+    from service import remote, settings
 
     parser = argparse.ArgumentParser(prog="snnmon", description="SNN Training Monitor")
     sub = parser.add_subparsers(dest="command", required=True)
     settings.add_serve_parser(sub)
     console.add_train_parser(sub)
     mnist.add_data_parser(sub)
+    remote.add_remote_parsers(sub)
     return parser
 
 

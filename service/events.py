@@ -24,11 +24,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
 from service.store import JobRecord, JobStore, StoredEvent
+
+if TYPE_CHECKING:
+    from service.prometheus import ServiceMetrics
 
 log = logging.getLogger("snnmon.events")
 
@@ -44,9 +47,11 @@ def heartbeat_frame() -> bytes:
 class EventChannel:
     """The numbered events of one job, and the subscribers that follow them live (event-loop thread)."""
 
-    def __init__(self, job_id: str, store: JobStore, *, head_seq: int = 0, finished: bool = False):
+    def __init__(self, job_id: str, store: JobStore, *, head_seq: int = 0, finished: bool = False,
+                 metrics: "ServiceMetrics | None" = None):
         self.job_id = job_id
         self.store = store
+        self.metrics = metrics  # /metrics counters (service.prometheus); None: not counted
         self.head_seq = head_seq  # seq of the last event numbered (its commit may be pending)
         self.finished = finished  # the terminal event is numbered; nothing follows it
         self.published_seq = head_seq  # seq of the last event committed and offered to subscribers
@@ -106,6 +111,8 @@ class EventChannel:
             self.ended = stored.terminal
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("published job=%s seq=%d t=%.6f", self.job_id, stored.seq, time.time())
+            if self.metrics is not None:
+                self.metrics.event_published(stored.event)
             for subscriber in tuple(self._subscribers):
                 subscriber.offer(stored)
 
@@ -173,7 +180,7 @@ class Subscriber:
         if self.ended or live is None or event.seq <= self._cursor:
             return
         if len(live) >= self._capacity and not self._make_room(live, event):
-            self.dropped += 1
+            self._skipped()
             return
         live.append(event)
         self._wakeup.set()
@@ -225,6 +232,11 @@ class Subscriber:
         for index, queued in enumerate(live):
             if queued.event == SKIPPABLE:
                 del live[index]
-                self.dropped += 1
+                self._skipped()
                 return True
         return incoming.event != SKIPPABLE
+
+    def _skipped(self) -> None:
+        self.dropped += 1
+        if self._channel.metrics is not None:
+            self._channel.metrics.batch_event_skipped()

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import memory
 from service.backend import Backend, JobHandle, JobSpec
@@ -45,6 +45,9 @@ from service.events import EventChannel
 from service.settings import Settings
 from service.store import JobRecord, JobStore, StoredEvent, StoredJob, StoreError
 from trainer.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from service.prometheus import ServiceMetrics
 
 log = logging.getLogger("snnmon.jobs")
 
@@ -87,7 +90,9 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, store: JobStore, backend: Backend, devices: DevicePool):
+    def __init__(self, settings: Settings, store: JobStore, backend: Backend, devices: DevicePool,
+                 metrics: ServiceMetrics | None = None):
+        self.metrics = metrics  # /metrics counters (service.prometheus); None: not counted
         self._settings = settings
         self._store = store
         self._backend = backend
@@ -300,6 +305,8 @@ class JobManager:
                     self._append(job, "stopped", {"epoch": record.epoch, "forced": True})
                 else:
                     self._append(job, "error", {"message": exit_status.describe()})
+            if self.metrics is not None:
+                self.metrics.worker_exited(_exit_reason(record, exit_status.code, job.stop_requested))
         except Exception:  # task boundary: the server keeps serving, the job ends failed
             log.exception("job %s: internal error", record.job_id)
             if job.handle is not None:
@@ -387,7 +394,8 @@ class JobManager:
     # -- events
 
     def _new_job(self, record: JobRecord, head_seq: int = 0) -> Job:
-        job = Job(record, EventChannel(record.job_id, self._store, head_seq=head_seq, finished=record.finished))
+        job = Job(record, EventChannel(record.job_id, self._store, head_seq=head_seq, finished=record.finished,
+                                       metrics=self.metrics))
         job.channel.on_write_failed = lambda stored, error: self._on_write_failed(job, stored, error)
         return job
 
@@ -437,6 +445,17 @@ class JobManager:
         del self._jobs[job.record.job_id]
         job.channel.delete()
         return self._store.delete_job(job.record.job_id)
+
+
+def _exit_reason(record: JobRecord, code: int | None, stop_requested: bool) -> str:
+    """How a worker ended, for /metrics (service.prometheus.EXIT_REASONS)."""
+    if record.status == "completed":
+        return "completed"
+    if record.status == "stopped":
+        return "forced" if record.forced else "stopped"
+    if code is not None and code < 0 and not stop_requested:
+        return "signal"
+    return "error" if code == 0 else "crashed"
 
 
 async def _exits_within(handle: JobHandle, seconds: float) -> bool:

@@ -19,7 +19,7 @@ import sys
 
 from aiohttp import web
 
-from service import api
+from service import api, logs
 from service.app import create_app
 from service.auth import RedactingAccessLogger
 from service.settings import Settings, is_loopback
@@ -30,7 +30,7 @@ log = logging.getLogger("snnmon.server")
 
 def serve(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM; then exit the process with the returned status."""
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         import uvloop
 
@@ -85,10 +85,3 @@ async def _serve(settings: Settings) -> int:
     log.info("stopped in %.1f s", loop.time() - started)
     return 0
 
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("snnmon").setLevel(level.upper())
-    if level in ("warning", "error"):
-        logging.getLogger().setLevel(level.upper())

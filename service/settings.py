@@ -45,6 +45,8 @@ class Settings:
     job_memory_limit: int = 0  # bytes one job may use; 0: machine memory / max_concurrent (a GPU job: its GPU's)
     stall_timeout_s: float = 600.0  # a worker silent this long gets a warning event (an epoch of MNIST: minutes)
     stall_action: str = "warn"  # "warn": only the warning; "kill": the job also ends failed
+    metrics_open: bool = False  # /metrics without the token (a scraper on a private network)
+    log_format: str = "plain"  # "json": one JSON object a line, for log collectors
 
     def resolved_data_dir(self) -> Path:
         """The data directory: ``data_dir``, else the trainer's default (``$SNNMON_DATA_DIR``, XDG)."""
@@ -112,6 +114,13 @@ def _log_level(text: str) -> str:
     lowered = text.strip().lower()
     if lowered not in ("debug", "info", "warning", "error"):
         raise ValueError("must be debug, info, warning or error")
+    return lowered
+
+
+def _log_format(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("plain", "json"):
+        raise ValueError("must be plain or json")
     return lowered
 
 
@@ -209,6 +218,10 @@ OPTIONS: tuple[Option, ...] = (
            "at least 300 s, for its start-up)", "S"),
     Option("stall_action", "--stall-action", _stall_action,
            "what a stall does besides the warning: warn (nothing more) or kill (the job ends failed)", "ACTION"),
+    Option("metrics_open", "--metrics-open", _bool,
+           "serve /metrics without the token (it needs the token like /api/ otherwise)"),
+    Option("log_format", "--log-format", _log_format,
+           "plain, or json (one object a line, with job_id where there is one)", "FORMAT"),
 )
 
 

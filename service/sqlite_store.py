@@ -97,6 +97,8 @@ class SQLiteJobStore:
         self._reader_connections: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._lock_fd: int | None = None
+        # called by the writer thread with each group commit's seconds (service.prometheus); None: not timed
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- open and close (event-loop thread)
 
@@ -207,7 +209,11 @@ class SQLiteJobStore:
                 stopping = _STOP in batch
                 writes = [item for item in batch if item is not _STOP]
                 if writes:
-                    self._post(self._settle, self._commit(connection, writes))
+                    started = time.perf_counter()
+                    results = self._commit(connection, writes)
+                    if self.on_commit is not None:
+                        self.on_commit(time.perf_counter() - started)
+                    self._post(self._settle, results)
         finally:
             connection.close()
 

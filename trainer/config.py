@@ -102,6 +102,8 @@ def _check(f: Field, value: Any) -> tuple[Any, str | None]:
     if f.type in ("int", "seed"):
         if f.type == "seed" and value is None:
             return None, None
+        if isinstance(value, float) and math.isfinite(value):  # 2.5: show it, "got number" would puzzle
+            return None, f"must be an integer, got {value!r}"
         if not _is_int(value):
             return None, f"must be an integer, got {_type_name(value)}"
         if not f.min <= value <= f.max:

@@ -1,33 +1,41 @@
 """``snnmon train``: train in the foreground with a live progress bar, or ``--json`` event lines.
 
-Flags are generated from ``trainer.config.FIELDS``; values go through ``TrainConfig.from_dict`` so a bad
-flag gets the same per-field reason as the API (exit code 2). Ctrl-C asks the loop to stop at the next
-batch and it reports ``stopped``; a second Ctrl-C aborts at once.
+Flags are generated from ``trainer.config.FIELDS`` (``add_config_arguments``, also used by ``snnmon
+submit``); values go through ``TrainConfig.from_dict`` so a bad flag gets the same per-field reason as
+the API. Ctrl-C asks the loop to stop at the next batch and it reports ``stopped``; a second Ctrl-C
+exits at once (code 130, no traceback).
+
+Exit codes, shared with the remote commands (``service.remote``): 0 completed, 1 failed, 2 bad usage,
+3 stopped, 130 aborted by a second Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
 
 from trainer.config import FIELDS, ConfigError, Field, TrainConfig
 
-EXIT_BAD_CONFIG = 2
+EXIT_COMPLETED = 0
 EXIT_FAILED = 1
+EXIT_BAD_USAGE = 2
+EXIT_STOPPED = 3
+EXIT_ABORTED = 130  # 128 + SIGINT, what shells report for a process ended by Ctrl-C
+EXIT_BAD_CONFIG = EXIT_BAD_USAGE
+EXIT_CODES = {"completed": EXIT_COMPLETED, "stopped": EXIT_STOPPED, "error": EXIT_FAILED}
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train one network in the foreground",
-        description="Train a spiking network with surrogate gradients and print its progress.",
+        description="Train a spiking network with surrogate gradients and print its progress. "
+                    "Exit code 0 completed, 1 failed, 2 bad flags, 3 stopped.",
     )
-    for f in FIELDS:
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=_help(f),
-                            **_argument_kind(f))
+    add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the event stream as JSON lines")
     parser.add_argument("--data-dir", default=None, help="MNIST data directory (default: SNNMON_DATA_DIR "
                         "or the user's data directory)")
@@ -35,6 +43,18 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         help="download MNIST when its files are missing")
     parser.set_defaults(handler=run_train)
     return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; a flag not given is absent from ``args`` (the default applies)."""
+    for f in FIELDS:
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=_help(f),
+                            **_argument_kind(f))
+
+
+def flag_name(field_name: str) -> str:
+    return f"--{field_name.replace('_', '-')}"
 
 
 def _argument_kind(f: Field) -> dict:
@@ -51,18 +71,24 @@ def _help(f: Field) -> str:
         aliases = f" (aliases: {', '.join(f'{a}={c}' for a, c in f.aliases.items())})" if f.aliases else ""
         text += f"; one of {', '.join(f.choices)}{aliases}"
     elif f.min is not None and f.type != "int_list":
-        text += f"; {f.min:g} to {f.max:g}"
+        text += f"; {_bound(f.min)} to {_bound(f.max)}"
     elif f.type == "int_list":
-        text += f"; {f.min_len} to {f.max_len} sizes, each {f.min:g} to {f.max:g}"
+        text += f"; {f.min_len} to {f.max_len} sizes, each {_bound(f.min)} to {_bound(f.max)}"
     default = "random" if f.default is None else f.default
     return f"{text} (default: {default})".replace("%", "%%")
+
+
+def _bound(value: float) -> str:
+    """A bound as written: 4294967295, 0.0001 (``:g`` would print 4.29497e+09)."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def _coerce(f: Field, raw: Any) -> Any:
     """Turn flag text into the JSON value a client would send; leave it a string when it does not parse,
     so validation reports the same reason as for an API request."""
     if f.type in ("int", "seed"):
-        return _number(raw, int)
+        value = _number(raw, int)
+        return _number(value, float)  # "2.5" becomes 2.5, so the reason can say "got 2.5"
     if f.type == "float":
         return _number(raw, float)
     if f.type == "int_list":
@@ -80,18 +106,27 @@ def _number(text: Any, kind):
         return text
 
 
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, as the JSON body a client would send (validation happens elsewhere)."""
+    return {f.name: _coerce(f, getattr(args, f.name)) for f in FIELDS if hasattr(args, f.name)}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = {f.name: _coerce(f, getattr(args, f.name)) for f in FIELDS if hasattr(args, f.name)}
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(config_values(args))
+
+
+def print_field_errors(command: str, fields: dict[str, str]) -> None:
+    """One line per bad field, named by its flag: ``snnmon train: --epochs: must be ...``."""
+    for name, reason in fields.items():
+        print(f"snnmon {command}: {flag_name(name)}: {reason}", file=sys.stderr)
 
 
 def run_train(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as exc:
-        for name, reason in exc.fields.items():
-            print(f"snnmon train: --{name.replace('_', '-')}: {reason}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        print_field_errors("train", exc.fields)
+        return EXIT_BAD_USAGE
 
     from trainer.train import train  # imports torch: only once the flags are known to be good
 
@@ -100,11 +135,11 @@ def run_train(args: argparse.Namespace) -> int:
     def on_sigint(signum, frame):
         nonlocal stop_requested
         if stop_requested:
-            raise KeyboardInterrupt
+            abort()
         stop_requested = True
         print("\nstopping at the next batch (Ctrl-C again to abort)", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)
     reporter = JsonLines() if args.json else ProgressReporter()
     try:
         outcome = train(config, reporter, lambda: stop_requested, data_dir=args.data_dir,
@@ -113,9 +148,20 @@ def run_train(args: argparse.Namespace) -> int:
         reporter("error", {"message": f"{type(exc).__name__}: {exc}".splitlines()[0]})
         outcome = "error"
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # Still a Ctrl-C while the process exits (torch's teardown takes a moment): leave at once, quietly.
+        signal.signal(signal.SIGINT, lambda signum, frame: abort())
         reporter.close()
-    return EXIT_FAILED if outcome == "error" else 0
+    return EXIT_CODES.get(outcome, EXIT_FAILED)
+
+
+def abort() -> None:
+    """A second Ctrl-C: leave now, without unwinding (no traceback, no waiting for the batch)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    print("\naborted", file=sys.stderr, flush=True)
+    os._exit(EXIT_ABORTED)
 
 
 class JsonLines:

@@ -61,7 +61,7 @@ def test_ctrl_c_stops_at_the_next_batch_and_reports_stopped():
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
     events = [json.loads(line) for line in (lines + out.splitlines()) if line.strip()]
-    assert proc.returncode == 0, err
+    assert proc.returncode == 3, err  # exit code 3: stopped
     assert events[-1]["event"] == "stopped"
     assert events[-1]["data"]["forced"] is False
     assert "stopping at the next batch" in err
@@ -73,3 +73,34 @@ def test_help_lists_every_field_and_the_cells():
     for flag in ("--cell-type", "--learn-beta", "--batch-size", "--hidden", "--encoding", "SynapticCell",
                  "atan_surrogate"):
         assert flag in done.stdout
+
+
+def test_a_second_ctrl_c_exits_at_once_without_a_traceback():
+    # batches of a wide, long network take a while, so the second Ctrl-C lands before the stop
+    proc = subprocess.Popen([*SNNMON, "train", "--epochs", "50", "--hidden", "2048", "--timesteps", "100",
+                             "--batch-size", "512", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and '"event": "batch"' not in proc.stdout.readline():
+            pass
+        proc.send_signal(signal.SIGINT)
+        # two signals before Python runs its handler would count as one: wait for the first to land
+        first = ""
+        while time.monotonic() < deadline and "stopping at the next batch" not in first:
+            first = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "aborted" in err and "Traceback" not in err
+
+
+def test_help_shows_bounds_as_written_and_a_fraction_is_not_an_integer():
+    shown = " ".join(snnmon("train", "--help").stdout.split())  # argparse wraps lines
+    assert "0 to 4294967295" in shown and "e+09" not in shown
+    done = snnmon("train", "--timesteps", "2.5")
+    assert done.returncode == 2
+    assert "--timesteps: must be an integer, got 2.5" in done.stderr
