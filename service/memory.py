@@ -65,6 +65,8 @@ FUSED_CELLS = frozenset({"LIFCell", "IFCell", "LapicqueCell"})  # one autograd n
 # Validation runs without a graph: its widest layer holds h and the spikes at once (a per-step cell: its
 # states, the steps' spikes and their stack, about what it keeps in training); rate input: noise and spikes.
 EVAL_TRANSIENT_FLOATS = 2.0
+# AlphaCell splits its input into [T, 2, B, ...] (both halves and their stack alive at once): measured.
+EVAL_FLOATS_BY_CELL = {"AlphaCell": 6.0}
 EVAL_MIN_BATCH = 256  # trainer.train.evaluate uses max(batch_size, 256)
 
 INPUT_PIXELS = 28 * 28
@@ -129,7 +131,8 @@ def _cell_kept(config: TrainConfig, conv_layer: bool) -> float:
 def _eval_floats(config: TrainConfig, neurons: list[int], layer: int, conv: bool) -> float:
     """Floats per sample and step alive while validation runs one layer (no graph is kept)."""
     cell = _cell_name(config, conv and layer < 2)
-    floats = max(EVAL_TRANSIENT_FLOATS, CELL_KEPT_FLOATS.get(cell, UNKNOWN_CELL_KEPT)[0]) * neurons[layer]
+    floats = EVAL_FLOATS_BY_CELL.get(cell, max(EVAL_TRANSIENT_FLOATS, CELL_KEPT_FLOATS.get(cell, UNKNOWN_CELL_KEPT)[0]))
+    floats *= neurons[layer]
     if layer > 0 or config.encoding == "rate":
         floats += neurons[layer]  # its input current, computed over all T (direct layer one: a view)
     if layer > 0:
