@@ -348,7 +348,7 @@ class JobManager:
             await asyncio.sleep(min(WATCH_INTERVAL_S, stall_s / 4))
             usage = self._read_memory(job)
             if usage is not None and 0 < self.memory_limit < usage and job.failure is None:
-                self._end(job, f"exceeded its memory limit ({memory.gib(usage)} of {memory.gib(self.memory_limit)})")
+                self._end(job, f"exceeded its memory limit ({memory.gib(usage, round_up=True)} of {memory.gib(self.memory_limit)})")
                 return
             silent = loop.time() - job.last_progress
             allowed = stall_s if job.reported else max(stall_s, STARTUP_ALLOWANCE_S)

@@ -281,7 +281,9 @@ def resident_bytes(pid: int) -> tuple[int, int] | None:
     return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
 
 
-def gib(value: float) -> str:
-    """Bytes as GiB with two decimals, as messages show them."""
-    return f"{value / GIB:.2f} GiB"
+def gib(value: float, *, round_up: bool = False) -> str:
+    """Bytes as GiB with two decimals, as messages show them; ``round_up`` for an amount over a limit, so
+    it never reads as equal to it ("1.51 GiB of 1.50 GiB", not "1.50 GiB of 1.50 GiB")."""
+    hundredths = value / GIB * 100
+    return f"{(math.ceil(hundredths) if round_up else round(hundredths)) / 100:.2f} GiB"
 

@@ -103,6 +103,11 @@ def test_sizes_parse_with_units():
         _size("lots")
 
 
+def test_an_amount_over_a_limit_never_reads_as_equal_to_it():
+    assert memory.gib(1.5 * memory.GIB + 1, round_up=True) == "1.51 GiB"
+    assert memory.gib(1.5 * memory.GIB) == memory.gib(1.5 * memory.GIB, round_up=True) == "1.50 GiB"
+
+
 def test_resident_bytes_reads_this_process():
     resident, peak = memory.resident_bytes(os.getpid())
     assert 10 * memory.MIB < resident <= peak
