@@ -10,6 +10,10 @@ exports, the start-up load) run on a small pool of reader threads, each with its
 lets them read while the writer writes.
 
 Frames are stored as the exact bytes sent, so a replay is byte-identical to the live stream.
+
+A failed write (a full disk: "database or disk is full") fails its future with ``StoreError`` (``cause``
+holds SQLite's own message, which the log names) and makes the store unhealthy; the next write that
+commits makes it healthy again. ``probe()`` is such a write, for when nothing else is writing.
 """
 
 from __future__ import annotations
