@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer import catalog
 from trainer.config import FIELDS_BY_NAME, TrainConfig
 
 MIB = 1 << 20
@@ -41,10 +42,11 @@ FLOAT = 4  # bytes: every activation and parameter is float32
 # Measured: a fresh worker's peak with the tiniest config and no data (torch 2.14 CUDA build, CPU job):
 # the import is ~690 MiB, Adam's first step imports ~150 MiB more, one validation batch ~130 MiB.
 WORKER_BASELINE_BYTES = 960 * MIB
-# Building the synthetic set (7,000 images) peaks at ~170 MiB of float temporaries; loading MNIST's 70,000
-# uint8 images (55 MB) from gzip measured ~15 MiB less than that, for the same config.
-DATASET_BYTES = {"synthetic": 170 * MIB, "mnist": 155 * MIB}
-DEVICE_DATASET_BYTES = {"synthetic": 6 * MIB, "mnist": 56 * MIB}  # on a GPU: only the uint8 arrays
+# By the dataset's kind (trainer.catalog.DATASETS): building the synthetic set (7,000 images) peaks at
+# ~170 MiB of float temporaries; loading MNIST's 70,000 uint8 images (55 MB) from gzip measured ~15 MiB
+# less (Fashion-MNIST and KMNIST have the same sizes); N-MNIST holds 4 bytes per event, about 1.1 GB for
+# the full set (science-datasets' bench/nmnist_loading.py; not measured here).
+DATASET_BYTES = {"generated": 170 * MIB, "idx": 155 * MIB, "events": 1200 * MIB}
 CUDA_CONTEXT_BYTES = 600 * MIB  # device memory a CUDA context and torch's kernels take before any tensor
 # Floats autograd keeps per neuron and timestep for one layer's cell (counted with saved-tensor hooks):
 # the fused LIF recurrence keeps h and the spikes; per-step cells keep their states, the pre-spike input
@@ -69,13 +71,7 @@ EVAL_TRANSIENT_FLOATS = 2.0
 EVAL_FLOATS_BY_CELL = {"AlphaCell": 6.0}
 EVAL_MIN_BATCH = 256  # trainer.train.evaluate uses max(batch_size, 256)
 
-INPUT_PIXELS = 28 * 28
-N_CLASSES = 10
-# ConvSpikingNet (trainer.models), per sample and timestep: the neurons of its four cells, and the maps
-# kept between them: two max-pool outputs (32x12x12, 64x4x4) with their int64 indices (two floats each).
-CONV_LAYER_NEURONS = (32 * 24 * 24, 64 * 8 * 8, 128, N_CLASSES)
-CONV_MAP_FLOATS = 3 * 32 * 12 * 12 + 3 * 64 * 4 * 4
-CONV_PARAMETERS = (32 * 1 * 5 * 5 + 32) + (64 * 32 * 5 * 5 + 64) + (64 * 4 * 4 * 128 + 128) + (128 * 10 + 10)
+CONV_CHANNELS, CONV_KERNEL, CONV_FC = (32, 64), 5, 128  # ConvSpikingNet (trainer.models)
 
 # What the server keeps for itself when the budget is derived from the machine: its own torch import
 # (for torch.multiprocessing), the SQLite caches, the streams' buffers.
@@ -101,21 +97,54 @@ class MemoryEstimate:
                 "activations": self.activations, "total": self.total}
 
 
+def _dataset(config: TrainConfig) -> catalog.DatasetSpec:
+    return catalog.DATASETS_BY_NAME[config.dataset]
+
+
+def input_floats(config: TrainConfig) -> int:
+    """Values in one sample's input at one timestep (C x H x W)."""
+    return math.prod(_dataset(config).input_shape)
+
+
+def _conv_sizes(config: TrainConfig) -> tuple[int, int, int, int]:
+    """ConvSpikingNet's (conv1 neurons, conv2 neurons, pool1 outputs, pool2 outputs) per sample and step:
+    5x5 convolutions without padding, each followed by a cell and a 2x2 max-pool."""
+    _, height, width = _dataset(config).input_shape
+    first = (height - CONV_KERNEL + 1, width - CONV_KERNEL + 1)
+    second = (first[0] // 2 - CONV_KERNEL + 1, first[1] // 2 - CONV_KERNEL + 1)
+    return (CONV_CHANNELS[0] * first[0] * first[1], CONV_CHANNELS[1] * second[0] * second[1],
+            CONV_CHANNELS[0] * (first[0] // 2) * (first[1] // 2), CONV_CHANNELS[1] * (second[0] // 2) * (second[1] // 2))
+
+
 def layer_neurons(config: TrainConfig) -> list[int]:
     """Neurons per spiking layer (per sample and timestep), input side first."""
+    n_classes = _dataset(config).n_classes
     if config.network == "ConvSpikingNet":
-        return list(CONV_LAYER_NEURONS)
-    return [*config.hidden, N_CLASSES]
+        first, second, _, _ = _conv_sizes(config)
+        return [first, second, CONV_FC, n_classes]
+    return [*config.hidden, n_classes]
 
 
 def parameter_count(config: TrainConfig) -> int:
+    n_classes = _dataset(config).n_classes
     if config.network == "ConvSpikingNet":
-        recurrent = 128 * 128 + N_CLASSES * N_CLASSES if config.cell_type == "RecurrentLIFCell" else 0
-        return CONV_PARAMETERS + recurrent
-    sizes = [INPUT_PIXELS, *config.hidden, N_CLASSES]
+        channels = _dataset(config).input_shape[0]
+        kernel = CONV_KERNEL * CONV_KERNEL
+        pooled = _conv_sizes(config)[3]
+        count = (CONV_CHANNELS[0] * channels * kernel + CONV_CHANNELS[0]
+                 + CONV_CHANNELS[1] * CONV_CHANNELS[0] * kernel + CONV_CHANNELS[1]
+                 + pooled * CONV_FC + CONV_FC + CONV_FC * n_classes + n_classes)
+        recurrent = CONV_FC ** 2 + n_classes ** 2 if config.cell_type == "RecurrentLIFCell" else 0
+        return count + recurrent
+    sizes = [input_floats(config), *config.hidden, n_classes]
     linear = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
     recurrent = sum(n * n for n in sizes[1:]) if config.cell_type == "RecurrentLIFCell" else 0
     return linear + recurrent
+
+
+def _over_time_input(config: TrainConfig) -> bool:
+    """The input is [T, B, ...] (rate spikes, or event frames) rather than one image per sample."""
+    return config.encoding == "rate" or _dataset(config).kind == "events"
 
 
 def _cell_name(config: TrainConfig, conv_layer: bool) -> str:
@@ -133,7 +162,7 @@ def _eval_floats(config: TrainConfig, neurons: list[int], layer: int, conv: bool
     cell = _cell_name(config, conv and layer < 2)
     floats = EVAL_FLOATS_BY_CELL.get(cell, max(EVAL_TRANSIENT_FLOATS, CELL_KEPT_FLOATS.get(cell, UNKNOWN_CELL_KEPT)[0]))
     floats *= neurons[layer]
-    if layer > 0 or config.encoding == "rate":
+    if layer > 0 or _over_time_input(config):
         floats += neurons[layer]  # its input current, computed over all T (direct layer one: a view)
     if layer > 0:
         floats += neurons[layer - 1]  # the spikes of the layer before, alive while it runs
@@ -146,8 +175,8 @@ def activation_bytes(config: TrainConfig) -> int:
     conv = config.network == "ConvSpikingNet"
     kept = sum(_cell_kept(config, conv and i < 2) * n for i, n in enumerate(neurons))
     if conv:
-        kept += CONV_MAP_FLOATS
-    rate_input = INPUT_PIXELS if config.encoding == "rate" else 0  # the input spikes, kept by layer one
+        kept += 3 * sum(_conv_sizes(config)[2:])  # the pool outputs, with their int64 indices (two floats)
+    rate_input = input_floats(config) if _over_time_input(config) else 0  # the input spikes, kept by layer one
     widest = max(range(len(neurons)), key=neurons.__getitem__)
     fused = _cell_name(config, conv and widest < 2) in FUSED_CELLS
     transient = BACKWARD_TRANSIENT_FLOATS if fused else PER_STEP_BACKWARD_TRANSIENT_FLOATS
@@ -161,9 +190,13 @@ def activation_bytes(config: TrainConfig) -> int:
 def estimate_job_memory(config: TrainConfig, device: str) -> MemoryEstimate:
     """The peak memory ``config`` will take on ``device`` ("cpu", or a GPU: device memory)."""
     on_gpu = device != "cpu"
+    dataset = _dataset(config)
+    held = (dataset.n_train + dataset.n_val) * input_floats(config)  # uint8 arrays: one byte a value
     return MemoryEstimate(
         baseline=CUDA_CONTEXT_BYTES if on_gpu else WORKER_BASELINE_BYTES,
-        dataset=(DEVICE_DATASET_BYTES if on_gpu else DATASET_BYTES).get(config.dataset, max(DATASET_BYTES.values())),
+        # on a GPU only the arrays (events: the codes) are on the device
+        dataset=(DATASET_BYTES["events"] if dataset.kind == "events" else held) if on_gpu
+        else DATASET_BYTES.get(dataset.kind, max(DATASET_BYTES.values())),
         parameters=4 * FLOAT * parameter_count(config),
         activations=activation_bytes(config),
     )
@@ -174,7 +207,7 @@ def reducible_fields(config: TrainConfig) -> list[str]:
     fields = ["batch_size", "timesteps"]
     if config.network == "SpikingNet":
         fields.append("hidden")
-    if config.encoding == "rate":
+    if config.encoding == "rate" and _dataset(config).kind != "events":
         fields.append("encoding")
     if _cell_kept(config, False) > CELL_KEPT_FLOATS["LIFCell"][0]:
         fields.append("cell_type")

@@ -54,7 +54,9 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("dataset", "str", "synthetic", "training data", choices=("synthetic", "mnist")),
+    Field("dataset", "str", "synthetic", "training data: "
+          + "; ".join(f"{d.name} {'x'.join(map(str, d.input_shape))}" for d in catalog.DATASETS),
+          choices=tuple(d.name for d in catalog.DATASETS)),
     Field("network", "str", "SpikingNet", "network architecture",
           choices=tuple(n.name for n in catalog.NETWORKS)),
     Field("cell_type", "str", "LIFCell", "spiking neuron cell after each layer",
@@ -75,8 +77,8 @@ FIELDS: tuple[Field, ...] = (
           choices=("direct", "rate")),
     Field("seed", "seed", None, "random seed; empty picks one and reports it", min=0, max=SEED_MAX),
     Field("device", "str", "auto", "auto, cpu, cuda or cuda:N"),
-    Field("mnist_fallback", "str", "none", "what to do when MNIST files are missing: fail (none) "
-          "or train on synthetic data, saying so", choices=("none", "synthetic")),
+    Field("mnist_fallback", "str", "none", "what to do when the files of mnist, fashion_mnist or kmnist "
+          "are missing: fail (none) or train on synthetic data, saying so", choices=("none", "synthetic")),
 )
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
@@ -207,8 +209,16 @@ def _defaults() -> dict[str, Any]:
 
 
 def _cross_field_errors(values: dict[str, Any]) -> dict[str, str]:
-    """Rules that involve more than one field: learn flags that mean nothing for the chosen cell."""
+    """Rules that involve more than one field: learn flags that mean nothing for the chosen cell, an
+    encoding or fallback that means nothing for the chosen dataset."""
     errors = {}
+    dataset = catalog.DATASETS_BY_NAME[values["dataset"]]
+    if dataset.kind == "events" and values["encoding"] != "direct":
+        errors["encoding"] = (f"{dataset.name} is recorded as events, binned into timesteps frames that are "
+                              f"the input as they are; encoding must be direct")
+    if values["mnist_fallback"] != "none" and dataset.input_shape != catalog.DATASETS_BY_NAME["synthetic"].input_shape:
+        errors["mnist_fallback"] = (f"synthetic data cannot stand in for {dataset.name} (input "
+                                    f"{'x'.join(map(str, dataset.input_shape))}); must be none")
     learnable = catalog.CELLS_BY_NAME[values["cell_type"]].learnable
     for flag, what in (("learn_beta", "beta"), ("learn_threshold", "threshold")):
         if values[flag] and what not in learnable:
@@ -218,5 +228,6 @@ def _cross_field_errors(values: dict[str, Any]) -> dict[str, str]:
 
 
 def schema() -> dict:
-    """The config schema the API serves and the web form and CLI are built from."""
-    return {"fields": [f.as_dict() for f in FIELDS]}
+    """The config schema the API serves and the web form and CLI are built from; ``datasets`` gives each
+    dataset choice's input shape, class count and sizes (from ``trainer.catalog``)."""
+    return {"fields": [f.as_dict() for f in FIELDS], "datasets": [d.as_dict() for d in catalog.DATASETS]}

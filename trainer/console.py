@@ -37,10 +37,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the event stream as JSON lines")
-    parser.add_argument("--data-dir", default=None, help="MNIST data directory (default: SNNMON_DATA_DIR "
+    parser.add_argument("--data-dir", default=None, help="data directory of mnist, fashion_mnist, kmnist, nmnist (default: SNNMON_DATA_DIR "
                         "or the user's data directory)")
     parser.add_argument("--allow-download", action=argparse.BooleanOptionalAction, default=True,
-                        help="download MNIST when its files are missing")
+                        help="download the dataset when its files are missing")
     parser.set_defaults(handler=run_train)
     return parser
 

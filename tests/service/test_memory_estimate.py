@@ -39,7 +39,8 @@ def test_the_network_shapes_match_the_models():
     from trainer.models import build_model
 
     for values in ({"hidden": [300, 50]}, {"hidden": [64], "cell_type": "RecurrentLIFCell"},
-                   {"network": "ConvSpikingNet"}, {"network": "ConvSpikingNet", "cell_type": "RecurrentLIFCell"}):
+                   {"network": "ConvSpikingNet"}, {"network": "ConvSpikingNet", "cell_type": "RecurrentLIFCell"},
+                   {"dataset": "nmnist", "hidden": [64]}, {"dataset": "nmnist", "network": "ConvSpikingNet"}):
         config = TrainConfig.from_dict(values)
         model = build_model(config)
         cells = model.spiking_layers().values()
