@@ -1,5 +1,6 @@
-"""The JSON endpoints under ``/api/training/`` (catalog, config schema, start, stop, status, jobs, delete,
-metrics export) and the health checks ``/healthz`` and ``/readyz``.
+"""The JSON endpoints under ``/api/training/`` (catalog, config schema, start, stop, status, jobs and their
+filters, run metadata (PATCH), delete, metrics export per epoch or per step) and the health checks
+``/healthz`` and ``/readyz``.
 
 Handlers raise ``service.errors``; the app's one middleware turns those into JSON error responses.
 Request bodies are parsed whatever their Content-Type (``curl -d`` sends form-encoded), and must be
@@ -8,13 +9,15 @@ JSON objects.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from service import metrics
-from service.errors import BadRequest, InvalidJSON, NotReady, PayloadTooLarge
+from service.errors import (BadEncoding, BadRequest, InvalidJSON, NotReady, PayloadTooLarge, RequestTimeout,
+                            capped_fields)
 from service.jobs import JobManager
 from service.settings import Settings
 from service.store import JobStore
@@ -31,12 +34,22 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
+    settings = request.app[SETTINGS]
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     try:
-        raw = await request.read()
+        async with asyncio.timeout(settings.body_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].max_body_bytes
+        limit = settings.max_body_bytes
         raise PayloadTooLarge(f"request body is larger than {limit} bytes", limit=limit) from None
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {settings.body_timeout_s:g} s") from None
+    except web.RequestPayloadError:  # aiohttp's decompression (or chunk framing) failed
+        raise BadEncoding(f"the request body is not valid {encoding[:20]!r} data; send it uncompressed "
+                          "or as valid gzip/deflate") from None
     if not raw.strip():
+        if encoding != "identity" and request.content_length:
+            raise BadEncoding(f"the {encoding[:20]!r} request body decompresses to nothing; send a JSON object")
         raise InvalidJSON("request body is empty; send a JSON object")
     try:
         return orjson.loads(raw)
@@ -73,7 +86,10 @@ async def stop(request: web.Request) -> web.Response:
     if not isinstance(job_id, str) or not job_id:
         fields["job_id"] = "required: the job id string that /start returned"
     if fields:
-        raise BadRequest("; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
+        shown, more = capped_fields(fields)
+        extra = {"more_fields": more} if more else {}
+        raise BadRequest("; ".join(f"{k}: {v}" for k, v in shown.items()) + (f"; and {more} more" if more else ""),
+                         fields=shown, **extra)
     record = request.app[JOB_MANAGER].stop(job_id)
     return json_response({"job_id": record.job_id, "status": record.status})
 
@@ -83,8 +99,14 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def jobs(request: web.Request) -> web.Response:
-    """Every job record, newest first."""
-    return json_response([record.to_dict() for record in request.app[JOB_MANAGER].records()])
+    """Job records, newest first; ``?status=`` (comma-separated), ``?tag=`` (repeatable), ``?q=`` filter."""
+    return json_response([record.to_dict() for record in request.app[JOB_MANAGER].find(request.query)])
+
+
+async def update_job(request: web.Request) -> web.Response:
+    """PATCH a job's name, tags or notes; answers the whole updated record."""
+    record = request.app[JOB_MANAGER].update(request.match_info["job_id"], await read_json(request))
+    return json_response(record.to_dict())
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -94,15 +116,26 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 async def job_metrics(request: web.Request) -> web.Response:
-    """Per-epoch metrics: JSON by default, ``?format=csv`` as a file download."""
+    """Per-epoch (``?level=epoch``, the default) or per-batch-event (``?level=step``) metrics: JSON by
+    default, ``?format=csv`` as a file download."""
     wanted = request.query.get("format", "json")
     if wanted not in ("json", "csv"):
         raise BadRequest(f"format must be json or csv, got {wanted[:20]!r}", fields={"format": "json or csv"})
-    record, epochs = await request.app[JOB_MANAGER].epoch_rows(request.match_info["job_id"])
+    level = request.query.get("level", "epoch")
+    if level not in metrics.LEVELS:
+        raise BadRequest(f"level must be epoch or step, got {level[:20]!r}", fields={"level": "epoch or step"})
+    manager = request.app[JOB_MANAGER]
+    job_id = request.match_info["job_id"]
+    if level == "step":
+        record, batches = await manager.batch_rows(job_id)
+        body = metrics.steps_as_json(record, batches) if wanted == "json" else metrics.steps_as_csv(batches)
+    else:
+        record, epochs = await manager.epoch_rows(job_id)
+        body = metrics.as_json(record, epochs) if wanted == "json" else metrics.as_csv(epochs)
     if wanted == "json":
-        return json_response(metrics.as_json(record, epochs))
-    return web.Response(text=metrics.as_csv(epochs), content_type="text/csv", charset="utf-8", headers={
-        "Content-Disposition": f'attachment; filename="{metrics.csv_filename(record.job_id)}"'})
+        return json_response(body)
+    return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{metrics.csv_filename(record.job_id, level)}"'})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -133,6 +166,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/training/status/{job_id}", status),
         web.get("/api/training/jobs", jobs),
         web.get("/api/training/jobs/{job_id}", status),
+        web.patch("/api/training/jobs/{job_id}", update_job),
         web.delete("/api/training/jobs/{job_id}", delete_job),
         web.get("/api/training/jobs/{job_id}/metrics", job_metrics),
     ]

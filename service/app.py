@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from service import api, auth, static, stream
+from service import api, auth, connections, guards, openapi, static, stream
 from service.backend import Backend, ProcessBackend
 from service.cors import OriginPolicy
 from service.devices import DevicePool, visible_gpu_count
@@ -35,21 +35,28 @@ log = logging.getLogger("snnmon.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", ServiceMetrics)  # GET /metrics (service.prometheus)
+# The response a handler has already started (an event stream): no error answer may follow it.
+STARTED_RESPONSE = "snnmon.started_response"
 
 
 def create_app(settings: Settings, *, store: JobStore | None = None,
                backend: Backend | None = None) -> web.Application:
     metrics = ServiceMetrics()
-    # outermost first: errors become JSON whichever middleware or handler raised them (and /metrics
-    # counts the JSON answer the client got)
-    middlewares = [metrics.middleware, error_middleware]
+    # outermost first: the connection's headers have arrived; errors become JSON whichever middleware or
+    # handler raised them (and /metrics counts the JSON answer the client got); a foreign Host is refused
+    # before anything else looks at the request
+    deadlines = connections.HeaderDeadlines(settings.header_timeout_s)
+    middlewares = [deadlines.middleware(), metrics.middleware, error_middleware,
+                   guards.HostPolicy(settings).middleware()]
     origins = OriginPolicy(settings.cors_origins) if settings.cors_origins else None
     if origins is not None:
         middlewares.append(origins.middleware())
+    middlewares.append(guards.cross_site_middleware(origins))
     if settings.token is not None:
         middlewares.append(auth.token_middleware(settings.token, protect_metrics=not settings.metrics_open))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[api.SETTINGS] = settings
+    app[connections.HEADER_DEADLINES] = deadlines
     app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir())
     app[METRICS] = metrics
     metrics.watch(app, api.JOB_MANAGER, stream.OPEN_STREAMS)
@@ -59,7 +66,9 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(api.routes())
     app.add_routes(stream.routes())
+    app.add_routes(openapi.routes())
     app.add_routes(static.routes())
+    app.on_response_prepare.append(_remember_started)
     if origins is not None:
         app.on_response_prepare.append(origins.add_headers)
     app.cleanup_ctx.append(_job_manager_context(backend or ProcessBackend()))
@@ -95,22 +104,49 @@ async def shut_down_jobs(app: web.Application) -> None:
         await manager.shutdown()
 
 
+async def _remember_started(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    request[STARTED_RESPONSE] = response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error a client sees is JSON ``{"error", "message", ...}``; tracebacks stay in the log."""
+    """Every error a client sees is JSON ``{"error", "message", ...}``; tracebacks stay in the log.
+
+    Once a handler has started its response (an event stream's headers and frames are out), an error
+    cannot be answered any more: the connection is aborted, so the client sees a cut stream, never an
+    HTTP answer inside the event stream."""
     try:
         return await handler(request)
-    except ServiceError as exc:
+    except ConnectionError as exc:  # the client went away (mid-body, mid-stream): routine
+        log.debug("%s %s: client went away (%s)", request.method, request.path, type(exc).__name__)
+        raise
+    except Exception as exc:
+        started = request.get(STARTED_RESPONSE)
+        if started is None:
+            return _answer(request, exc)
+        if isinstance(exc, (ServiceError, ConfigError, web.HTTPException)):
+            log.warning("%s %s failed after its response started (%s); connection aborted",
+                        request.method, request.path, exc)
+        else:
+            log.exception("unhandled error in %s %s after its response started; connection aborted",
+                          request.method, request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        return started
+
+
+def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, ServiceError):
         return _error_response(exc)
-    except ConfigError as exc:  # a config validated outside the job manager
+    if isinstance(exc, ConfigError):  # a config validated outside the job manager
         return _error_response(InvalidConfig(exc.fields))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return _error_response(_from_http_exception(request, exc), headers=_allow_header(exc))
-    except Exception:  # the request boundary: log it, answer 500, keep serving
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error_response(ServiceError("internal server error; the server log has the details"))
+    # the request boundary: log it, answer 500, keep serving
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return _error_response(ServiceError("internal server error; the server log has the details"))
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ServiceError:

@@ -83,6 +83,9 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
 def _job_extra(request: web.BaseRequest) -> dict[str, str] | None:
     """The job a request was about, for ``--log-format json`` (service.logs)."""
-    match_info = getattr(request, "match_info", None)
+    try:
+        match_info = request.match_info
+    except (AttributeError, AssertionError):  # a request aiohttp's parser rejected was never routed
+        return None
     job_id = match_info.get("job_id") if match_info is not None else None
     return {"job_id": job_id} if job_id else None

@@ -20,7 +20,7 @@ from aiohttp import web
 from service.errors import Forbidden
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOWED_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 EXPOSED_HEADERS = "Content-Disposition, WWW-Authenticate"  # the CSV export's file name; the 401 challenge
 MAX_AGE_S = 600  # browsers may reuse a preflight answer this long

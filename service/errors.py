@@ -4,18 +4,24 @@
     ├── BadRequest (400 bad_request)
     │   ├── InvalidJSON (400 invalid_json)
     │   ├── InvalidConfig (400 invalid_config, with ``fields``)
-    │   └── JobTooLarge (400 job_too_large: the memory estimate, the budget, the fields to reduce)
+    │   ├── JobTooLarge (400 job_too_large: the memory estimate, the budget, the fields to reduce)
+    │   └── BadEncoding (400 bad_encoding: a compressed body that does not decompress)
     ├── Unauthorized (401 unauthorized, with a WWW-Authenticate: Bearer header)
     ├── Forbidden (403 forbidden)
+    │   └── CrossSite (403 cross_site: a state change from another site's page)
     ├── NotFound (404 not_found)
     │   └── UnknownJob (404 unknown_job)
     ├── MethodNotAllowed (405 method_not_allowed)
+    ├── RequestTimeout (408 request_timeout)
     ├── JobActive (409 job_active)
     ├── PayloadTooLarge (413 payload_too_large)
+    ├── UnsupportedMediaType (415 unsupported_media_type)
+    ├── MisdirectedRequest (421 misdirected_request: a Host this server does not answer to)
     └── ServiceUnavailable (503 service_unavailable)
         ├── ShuttingDown (503 shutting_down)
         ├── NotReady (503 not_ready)
-        └── StoreUnavailable (503 store_unavailable: the job store cannot write, e.g. the disk is full)
+        ├── StoreUnavailable (503 store_unavailable: the job store cannot write, e.g. the disk is full)
+        └── TooManyConnections (503 too_many_connections: written by the connection gate, not a handler)
 
 Handlers raise these; one middleware (``service.app``) turns them into ``{"error", "message", ...}``.
 """
@@ -48,14 +54,35 @@ class InvalidJSON(BadRequest):
     code = "invalid_json"
 
 
+class BadEncoding(BadRequest):
+    code = "bad_encoding"
+
+
+# An answer names at most this many bad fields (and how many more there were), so a body of many
+# unknown keys cannot make its answer many times larger than itself.
+MAX_FIELD_REASONS = 20
+
+
+def capped_fields(fields: dict[str, str]) -> tuple[dict[str, str], int]:
+    """The first ``MAX_FIELD_REASONS`` field reasons (names cut to 100 characters), and how many were left out."""
+    shown = {name[:100]: reason for name, reason in list(fields.items())[:MAX_FIELD_REASONS]}
+    return shown, max(0, len(fields) - MAX_FIELD_REASONS)
+
+
 class InvalidConfig(BadRequest):
-    """A TrainConfig with bad fields; ``fields`` maps each to its reason (from ``ConfigError``)."""
+    """A TrainConfig with bad fields; ``fields`` maps each to its reason (from ``ConfigError``), at most
+    ``MAX_FIELD_REASONS`` of them; ``more_fields`` counts the rest."""
 
     code = "invalid_config"
 
     def __init__(self, fields: dict[str, str]):
-        message = "; ".join(f"{name}: {reason}" for name, reason in fields.items())
-        super().__init__(f"invalid config: {message}", fields=dict(fields))
+        shown, more = capped_fields(fields)
+        message = "; ".join(f"{name}: {reason}" for name, reason in shown.items())
+        if more:
+            message += f"; and {more} more"
+            super().__init__(f"invalid config: {message}", fields=shown, more_fields=more)
+        else:
+            super().__init__(f"invalid config: {message}", fields=shown)
 
 
 class JobTooLarge(BadRequest):
@@ -80,6 +107,10 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class CrossSite(Forbidden):
+    code = "cross_site"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
@@ -97,6 +128,12 @@ class MethodNotAllowed(ServiceError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ServiceError):
+    status = 408
+    code = "request_timeout"
+    headers = {"Connection": "close"}
+
+
 class JobActive(ServiceError):
     status = 409
     code = "job_active"
@@ -109,6 +146,16 @@ class JobActive(ServiceError):
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequest(ServiceError):
+    status = 421
+    code = "misdirected_request"
 
 
 class ServiceUnavailable(ServiceError):
@@ -126,3 +173,7 @@ class NotReady(ServiceUnavailable):
 
 class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
+
+
+class TooManyConnections(ServiceUnavailable):
+    code = "too_many_connections"

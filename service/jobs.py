@@ -37,10 +37,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service import memory
+from service import memory, metadata
 from service.backend import Backend, JobHandle, JobSpec
 from service.devices import DevicePool
-from service.errors import InvalidConfig, JobActive, JobTooLarge, ShuttingDown, StoreUnavailable, UnknownJob
+from service.errors import (BadRequest, InvalidConfig, JobActive, JobTooLarge, ShuttingDown, StoreUnavailable,
+                            UnknownJob)
 from service.events import EventChannel
 from service.settings import Settings
 from service.store import JobRecord, JobStore, StoredEvent, StoredJob, StoreError
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("snnmon.jobs")
 
-WORKER_EVENTS = frozenset({"config", "batch", "epoch", "completed", "stopped", "error"})
+WORKER_EVENTS = frozenset({"config", "batch", "epoch", "warning", "completed", "stopped", "error"})
 INTERRUPTED = "interrupted by server restart"
 # At shutdown SIGKILL follows SIGTERM after at most this long, so the server exits within
 # stop-grace + 5 s (the rest: reaping, the last commits, ending the streams).
@@ -123,10 +124,24 @@ class JobManager:
         """Every job's record, newest first (dicts keep insertion order, which is creation order)."""
         return [job.record for job in reversed(self._jobs.values())]
 
+    def find(self, query: Any) -> list[JobRecord]:
+        """Records, newest first, that pass a request's ``status``/``tag``/``q`` filters (BadRequest if bad)."""
+        try:
+            filters = metadata.parse_filters(query)
+        except metadata.InvalidMetadata as exc:
+            raise BadRequest(f"invalid filter: {exc}", fields=exc.fields) from None
+        return [record for record in self.records() if metadata.matches(record, **filters)]
+
     async def epoch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
         """A job's record and the data of its epoch events so far, read from the store."""
         record = self.record(job_id)
         events = await self._store.events_named(job_id, "epoch")
+        return record, [event.data for event in events]
+
+    async def batch_rows(self, job_id: str) -> tuple[JobRecord, list[dict[str, Any]]]:
+        """A job's record and the data of its batch events so far, read from the store."""
+        record = self.record(job_id)
+        events = await self._store.events_named(job_id, "batch")
         return record, [event.data for event in events]
 
     def _job(self, job_id: str) -> Job:
@@ -142,6 +157,8 @@ class JobManager:
         interrupted = 0
         for item in stored:
             record = item.record
+            if not record.name:  # a job from before run names: it gets its default one
+                record.name = metadata.default_name(record.config, self.records())
             job = self._new_job(record, head_seq=item.head_seq)
             self._jobs[record.job_id] = job
             if not record.finished:  # the server stopped without ending it: its stream must end
@@ -156,15 +173,25 @@ class JobManager:
         """Validate a start request's body, admit the job by its memory and queue it once it is saved.
         Raises InvalidConfig, JobTooLarge, StoreUnavailable or ShuttingDown."""
         self._check_accepting()
+        body, run_info = metadata.split_start_body(body)  # name, tags, notes: not TrainConfig fields
+        errors: dict[str, str] = {}
         try:
             config = TrainConfig.from_dict(body).with_seed()
         except ConfigError as exc:
-            raise InvalidConfig(exc.fields) from None
+            errors.update(exc.fields)
+        try:
+            run_info = metadata.validate(run_info, partial=False)
+        except metadata.InvalidMetadata as exc:
+            errors.update(exc.fields)
+        if errors:
+            raise InvalidConfig(errors)
         self._devices.check(config.device)
         estimate = self._admit(config)
         job_id = uuid.uuid4().hex[:12]
         record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, memory_estimate_bytes=estimate.total,
-                           memory_limit_bytes=self.memory_limit or None)
+                           memory_limit_bytes=self.memory_limit or None, **run_info)
+        if not record.name:
+            record.name = metadata.default_name(record.config, self.records())
         try:
             await self._store.put_job(record)  # acknowledged only once it would survive a crash
         except StoreError:
@@ -202,6 +229,20 @@ class JobManager:
             f"this job would need about {memory.gib(estimate.total)} of {where}, more than the "
             f"{memory.gib(budget)} one job may use (--job-memory-limit); reduce {', '.join(fields)}",
             estimate_bytes=estimate.total, budget_bytes=budget, estimate=estimate.as_dict(), fields=fields)
+
+    def update(self, job_id: str, body: Any) -> JobRecord:
+        """Change a job's name, tags or notes (any job, running or not); the record is stored at once."""
+        record = self.record(job_id)
+        if not isinstance(body, dict) or not body:
+            raise BadRequest(f"body must be a JSON object with any of {', '.join(metadata.FIELDS)}",
+                             fields={"body": f"a JSON object with any of {', '.join(metadata.FIELDS)}"})
+        try:
+            changes = metadata.validate(body, partial=True)
+        except metadata.InvalidMetadata as exc:
+            raise BadRequest(f"invalid run metadata: {exc}", fields=exc.fields) from None
+        self._save(record, **changes)
+        log.info("job %s metadata changed: %s", job_id, ", ".join(changes))
+        return record
 
     def stop(self, job_id: str) -> JobRecord:
         """Stop a job; a queued one is cancelled; a finished one is left as it is (idempotent)."""

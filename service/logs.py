@@ -30,7 +30,8 @@ class JsonFormatter(logging.Formatter):
         if job_id is not None:
             line["job_id"] = job_id
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            # exc_text: the traceback as a filter left it (service.redact takes secrets out of it)
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         elif record.stack_info:
             line["exception"] = self.formatStack(record.stack_info)
         return orjson.dumps(line, default=str).decode()

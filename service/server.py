@@ -19,9 +19,10 @@ import sys
 
 from aiohttp import web
 
-from service import api, logs
+from service import api, logs, redact
 from service.app import create_app
 from service.auth import RedactingAccessLogger
+from service.connections import GatedRunner, connection_cap, raise_descriptor_limit
 from service.settings import Settings, is_loopback
 from service.store import StoreError
 
@@ -31,6 +32,7 @@ log = logging.getLogger("snnmon.server")
 def serve(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM; then exit the process with the returned status."""
     logs.configure(settings.log_level, settings.log_format)
+    redact.install([settings.token] if settings.token else [])  # on the handler just configured
     try:
         import uvloop
 
@@ -47,13 +49,26 @@ def serve(settings: Settings) -> int:
     os._exit(code)
 
 
+# Connections the kernel queues until they are accepted (aiohttp's default is 128). Beyond the queue a burst
+# of clients is held in handshake retries for many seconds, not answered; in it they are accepted, then
+# served or refused with a 503 at once (Linux caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 1024
 # After the streams have been ended: time for their handlers to finish writing before they are cancelled.
 HANDLER_SHUTDOWN_S = 1.0
 
 
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger, shutdown_timeout=HANDLER_SHUTDOWN_S)
+    descriptors = raise_descriptor_limit()
+    cap = connection_cap(settings.max_connections, descriptors)
+    log.info("open-file limit %d; at most %d connections at once", descriptors, cap)
+    # keepalive_timeout: aiohttp closes a connection that waits this long for its next request (a later
+    # request's headers included; the first one's have --header-timeout); lingering_time bounds reading
+    # an unread body after the answer
+    runner = GatedRunner(app, max_connections=cap, access_log_class=RedactingAccessLogger,
+                         shutdown_timeout=HANDLER_SHUTDOWN_S, keepalive_timeout=settings.keepalive_timeout_s,
+                         lingering_time=min(10.0, settings.body_timeout_s),
+                         logger=redact.ProtocolLogger(logging.getLogger("aiohttp.server")))
     try:
         await runner.setup()
     except StoreError as exc:
@@ -62,7 +77,7 @@ async def _serve(settings: Settings) -> int:
     if settings.token is None and not is_loopback(settings.host):
         log.warning("listening on %s with no access token (--insecure): whoever can reach it can use it",
                     settings.host or "every interface")
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:

@@ -45,6 +45,13 @@ class Settings:
     job_memory_limit: int = 0  # bytes one job may use; 0: machine memory / max_concurrent (a GPU job: its GPU's)
     stall_timeout_s: float = 600.0  # a worker silent this long gets a warning event (an epoch of MNIST: minutes)
     stall_action: str = "warn"  # "warn": only the warning; "kill": the job also ends failed
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback and the bound address; "*": any
+    header_timeout_s: float = 20.0  # a new connection must send its first request's headers this soon
+    # idle time allowed between requests on a connection (and for a later request's headers): longer than
+    # nginx's upstream keep-alive (60 s), so the proxy closes first and never reuses a closing connection
+    keepalive_timeout_s: float = 75.0
+    body_timeout_s: float = 30.0  # a request body (a config is under 1 KiB) must arrive this soon
+    max_connections: int = 0  # open connections served at once, beyond them a 503; 0: from the descriptor limit
     metrics_open: bool = False  # /metrics without the token (a scraper on a private network)
     log_format: str = "plain"  # "json": one JSON object a line, for log collectors
 
@@ -156,6 +163,21 @@ def _origin(text: str) -> str:
     return origin
 
 
+def _host_name(text: str) -> str:
+    """A Host name as ``--allowed-host`` takes it: lower case, no port; an IPv6 address without brackets."""
+    name = text.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+    if name == "*":
+        return name
+    if ":" in name:
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            pass
+    elif name and not any(ch in name for ch in "/@?#\\ ") and name.isascii():
+        return name
+    raise ValueError(f"must be a host name or address without a port (or *), got {text!r}")
+
+
 def is_loopback(host: str) -> bool:
     """True for names and addresses only this machine can reach (``""`` means every interface)."""
     if host.strip().lower() == "localhost":
@@ -218,6 +240,18 @@ OPTIONS: tuple[Option, ...] = (
            "at least 300 s, for its start-up)", "S"),
     Option("stall_action", "--stall-action", _stall_action,
            "what a stall does besides the warning: warn (nothing more) or kill (the job ends failed)", "ACTION"),
+    Option("allowed_hosts", "--allowed-host", _host_name,
+           "a Host name this server answers to besides loopback names and its bound address, e.g. the "
+           "proxy's name (repeatable; * allows any)", "NAME", repeat=True, shown_default="none"),
+    Option("header_timeout_s", "--header-timeout", _positive_float,
+           "seconds a new connection gets to send its first request's headers", "S"),
+    Option("keepalive_timeout_s", "--keepalive-timeout", _positive_float,
+           "seconds a connection may stay idle between requests (and send a later request's headers)", "S"),
+    Option("body_timeout_s", "--body-timeout", _positive_float,
+           "seconds a request body may take to arrive before a 408", "S"),
+    Option("max_connections", "--max-connections", _non_negative_int,
+           "connections served at once; beyond them new ones get a 503 (0: the descriptor limit less a reserve)",
+           "N", shown_default="0"),
     Option("metrics_open", "--metrics-open", _bool,
            "serve /metrics without the token (it needs the token like /api/ otherwise)"),
     Option("log_format", "--log-format", _log_format,

@@ -21,7 +21,7 @@ def _resolve(root: Path, relative: str) -> Path:
     try:
         base = root.resolve()
         target = (base / relative).resolve()
-    except (OSError, ValueError):  # e.g. a NUL byte in the path
+    except (OSError, ValueError, RuntimeError):  # a NUL byte in the path; a symlink loop (RuntimeError before 3.13)
         raise NotFound(f"no file {relative!r}") from None
     if not target.is_relative_to(base) or not target.is_file():
         raise NotFound(f"no file {relative!r}")

@@ -23,6 +23,9 @@ TERMINAL_EVENTS = frozenset({"completed", "stopped", "error"})
 TERMINAL_STATUSES = frozenset({"completed", "stopped", "failed"})
 # queued → starting → running → completed | stopped | failed, with stopping between
 STATUSES = ("queued", "starting", "running", "stopping", "completed", "stopped", "failed")
+# The record is rewritten with every event: a run that warns every epoch must not make that slow.
+# (Every warning stays in the job's events either way.)
+WARNINGS_KEPT = 100
 
 
 @dataclass
@@ -44,6 +47,10 @@ class JobRecord:
     memory_estimate_bytes: int | None = None  # the admission estimate of its peak memory (service.memory)
     memory_limit_bytes: int | None = None  # the budget it was admitted under; its worker is ended past it
     peak_rss_bytes: int | None = None  # the worker's peak resident memory, as last read while it ran
+    name: str = ""  # run metadata (service.metadata): set at start, changed by PATCH
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # data of its warning events, oldest first
 
     @property
     def finished(self) -> bool:
@@ -70,6 +77,9 @@ class JobRecord:
             if isinstance(accuracy, (int, float)) and (self.best_val_accuracy is None
                                                        or accuracy > self.best_val_accuracy):
                 self.best_val_accuracy = accuracy
+        elif event == "warning":
+            if len(self.warnings) < WARNINGS_KEPT:
+                self.warnings.append(data)
         elif event == "completed":
             self.status, self.final_metrics, self.finished_at = "completed", data, now
         elif event == "stopped":

@@ -4,7 +4,11 @@ Frames are ``id: <seq>`` + ``data: {"event", "data"}`` with no ``event:`` line, 
 channel encoded once. A client gets every event after ``Last-Event-ID`` (the header, else the
 ``last_event_id`` query parameter; none means from the first), then live ones, a heartbeat event after
 ``heartbeat_s`` of silence, and the end of the response after the terminal event. An unknown job is a
-404 JSON answer, never a stream. A client that goes away ends its handler quietly.
+404 JSON answer, never a stream. A client that goes away ends its handler quietly. Every line ends in
+LF, aiohttp-sse's own keep-alive comments too.
+
+``Last-Event-ID`` is ASCII digits only (no sign, no ``_``, no other script's digits), at most
+``MAX_EVENT_ID``: anything else is a 400 before the stream starts.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ log = logging.getLogger("snnmon.stream")
 # Streams open now, so shutdown can end them instead of waiting for their clients.
 OPEN_STREAMS = web.AppKey("open_streams", weakref.WeakSet)
 STREAM_DRAIN_S = 1.0  # at shutdown, time for open streams to send their jobs' terminal events
+# Event ids are a job's event count: far below this, which JavaScript (the dashboard) and SQLite both hold.
+MAX_EVENT_ID = 2**53 - 1
+_MAX_EVENT_ID_DIGITS = len(str(MAX_EVENT_ID))
 
 
 class FrameStreamResponse(EventSourceResponse):
     """An SSE response that writes frames already encoded (aiohttp-sse's ``send`` encodes each call)."""
 
     def __init__(self, *, send_timeout: float, ping_interval: float):
-        super().__init__(send_timeout=send_timeout, ping_interval=ping_interval)
+        super().__init__(send_timeout=send_timeout, ping_interval=ping_interval, sep="\n")
         self.frame_timeout = send_timeout
 
     async def send_frame(self, frame: bytes, request: web.Request) -> None:
@@ -53,21 +60,21 @@ def last_event_id(request: web.Request) -> int:
         raw, source = request.query.get("last_event_id"), "last_event_id"
     if raw is None or not raw.strip():
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise BadRequest(f"{source} must be an event id (a non-negative integer), got {raw[:40]!r}",
-                         fields={"last_event_id": "must be a non-negative integer"})
-    return value
+    text = raw.strip()
+    # str.isdigit() and int() also take "+3", "1_0" and other scripts' digits: only ASCII 0-9 here
+    if (not text.isascii() or not text.isdigit() or len(text) > _MAX_EVENT_ID_DIGITS
+            or int(text) > MAX_EVENT_ID):
+        raise BadRequest(f"{source} must be an event id: ASCII digits, at most {MAX_EVENT_ID}, got {raw[:40]!r}",
+                         fields={"last_event_id": f"ASCII digits 0-9, at most {MAX_EVENT_ID}"})
+    return int(text)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     job_id = request.match_info["job_id"]
+    after_seq = last_event_id(request)  # a bad id: 400 before any stream starts
     channel = request.app[JOB_MANAGER].channel(job_id)  # UnknownJob: 404 before any stream starts
-    subscriber = channel.subscribe(last_event_id(request), settings.subscriber_buffer)
+    subscriber = channel.subscribe(after_seq, settings.subscriber_buffer)
     request.app[OPEN_STREAMS].add(subscriber)
     # aiohttp-sse sets Cache-Control: no-cache and X-Accel-Buffering: no (nginx passes frames at once)
     response = FrameStreamResponse(send_timeout=settings.send_timeout_s, ping_interval=settings.heartbeat_s)

@@ -242,6 +242,7 @@ class SpikingCell(nn.Module):
             raise ValueError(f"{name}: threshold must be > 0, got {self.values['threshold']}")
         self.threshold = ConstrainedScalar(self.values["threshold"], "positive", learn_threshold)
         self.last_spike_rate = torch.zeros(())
+        self.last_spike_counts = torch.zeros(self.shape)  # [*shape]: spikes per neuron, summed over T and B
 
     def initial_beta(self) -> float:
         return self.values["beta"]
@@ -262,7 +263,9 @@ class SpikingCell(nn.Module):
             raise ValueError(f"{type(self).__name__} expects [T, B, {self.shape}], got {list(current.shape)}")
         params = self.step_params(current)
         out = self.run(self.prepare_input(current, params), params, self.initial_state(current[0]))
-        self.last_spike_rate = out.detach().mean()
+        # kept on the device: the training loop sums them and reads them only when it reports
+        self.last_spike_counts = out.detach().sum((0, 1))  # [*shape]
+        self.last_spike_rate = self.last_spike_counts.sum() / out.numel()
         return out
 
     def run(self, inputs: Tensor, params: NamedTuple, state: NamedTuple) -> Tensor:

@@ -203,6 +203,8 @@ class ProgressReporter:
             print(f"epoch {data['epoch'] + 1}: train loss {data['train_loss']:.4f} acc "
                   f"{data['train_accuracy']:.4f} | val loss {data['val_loss']:.4f} acc "
                   f"{data['val_accuracy']:.4f} | {data['epoch_s']:.1f}s | spike rates {rates}")
+        elif event == "warning":
+            print(f"warning: {data['message']}", file=sys.stderr)
         elif event == "completed":
             print(f"completed in {data['duration_s']:.1f}s: val accuracy {data['val_accuracy']:.4f}, "
                   f"val loss {data['val_loss']:.4f}")

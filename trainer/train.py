@@ -1,9 +1,17 @@
 """The training loop: config, data, model, optimiser, train, validate, report.
 
 Reads top to bottom like nanoGPT's ``train.py``. Everything it reports goes through one callback,
-``emit(event, data)``, with exactly the events and fields of the design's SSE table (config, batch,
-epoch, completed, stopped, error); ``should_stop()`` is checked between batches, in training and in
-validation. The caller (CLI or worker process) decides where events go.
+``emit(event, data)``, with the events and fields of the design's SSE table (config, batch, epoch,
+completed, stopped, error) plus the additive ones of issue 12: batch events carry ``step`` (optimizer
+steps so far in the job), ``batch_loss`` and ``batch_accuracy`` (means over every sample since the
+previous batch event) and ``lr``; epoch events carry ``step`` and ``layer_stats``
+(``trainer.activity``); ``warning`` events (``trainer.diagnostics``) follow an epoch event and the run
+goes on. ``should_stop()`` is checked between batches, in training and in validation. The caller (CLI
+or worker process) decides where events go.
+
+No host synchronisation per batch: loss, correct counts and spike counts are summed on the device and
+read back only when a batch event (at most about 10 a second) or an epoch event is emitted. A NaN loss
+is therefore noticed at the next batch event, a fraction of a second later, and ends the run there.
 
 Loss: cross-entropy on the output spike counts (Σ_t s_t, shape [B, 10]); accuracy: argmax of the counts.
 """
@@ -18,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as datasets
+from trainer.activity import LayerActivity
 from trainer.config import TrainConfig
+from trainer.diagnostics import RunDiagnostics
 from trainer.models import build_model
 
 Emit = Callable[[str, dict], None]
@@ -82,15 +92,24 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
             raise StopRequested(epoch)
 
     n_train_batches = datasets.n_batches(bundle.n_train, config.batch_size)
+    activity = LayerActivity(layers, config.timesteps)
+    diagnostics = RunDiagnostics()
+    # Summed on the device (no host sync per batch), [Σ loss x B, Σ correct]: since the previous batch
+    # event, and over the epoch (its own sum, so the epoch means do not depend on when events went out).
+    sum_dtype = torch.float32 if device.startswith("mps") else torch.float64  # MPS has no float64
+    window_sums = torch.zeros(2, device=device, dtype=sum_dtype)
+    epoch_sums = torch.zeros(2, device=device, dtype=sum_dtype)
     epoch = 0
+    step = 0  # optimizer steps in this job, across epochs
     last = {}
     try:
         for epoch in range(config.epochs):
             # -- train one epoch
             epoch_start = time.perf_counter()
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            rate_sums = {key: torch.zeros((), device=device) for key in layers}
+            activity.reset()
+            epoch_sums.zero_()
+            seen, window_seen = 0, 0
             last_emit = 0.0
             batches = datasets.iterate_batches(bundle.train_images, bundle.train_labels, config.batch_size,
                                                shuffle=True, generator=shuffle_gen)
@@ -98,27 +117,37 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                 check_stop(epoch)
                 counts = model(model_input(images)).sum(0)  # [B, 10] spike counts over T
                 loss = F.cross_entropy(counts, labels)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLoss(f"loss became {loss_value} at epoch {epoch}, batch {batch_index}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
                 optimizer.step()
+                step += 1
 
                 batch_size = labels.shape[0]
-                loss_sum += loss_value * batch_size
-                correct += int((counts.argmax(1) == labels).sum())
-                seen += batch_size
-                for key, cell in layers.items():
-                    rate_sums[key] += cell.last_spike_rate * batch_size
+                batch_sums = torch.stack((loss.detach() * batch_size, (counts.argmax(1) == labels).sum()))
+                window_sums += batch_sums
+                epoch_sums += batch_sums
+                window_seen += batch_size
+                activity.add_batch(batch_size)
                 now = time.perf_counter()
                 if now - last_emit >= BATCH_EVENT_INTERVAL_S or batch_index + 1 == n_train_batches:
-                    last_emit = now
+                    # the one read back per batch event
+                    window_loss_sum, window_correct_sum, loss_sum, correct = (
+                        torch.cat((window_sums, epoch_sums)).tolist())
+                    window_sums.zero_()
+                    if not math.isfinite(window_loss_sum):
+                        raise NonFiniteLoss(f"loss became {window_loss_sum / window_seen} at epoch {epoch}, "
+                                            f"by batch {batch_index}")
+                    seen += window_seen
+                    last_emit = time.perf_counter()
                     emit("batch", {
                         "epoch": epoch, "batch": batch_index, "n_batches": n_train_batches,
                         "loss": loss_sum / seen, "accuracy": correct / seen,
-                        "samples_per_s": seen / max(now - epoch_start, 1e-9),
+                        "samples_per_s": seen / max(last_emit - epoch_start, 1e-9),
+                        "step": step, "batch_loss": window_loss_sum / window_seen,
+                        "batch_accuracy": window_correct_sum / window_seen, "lr": float(lr),
                     })
+                    window_seen = 0
             train_loss, train_accuracy = loss_sum / seen, correct / seen
 
             # -- validate
@@ -127,12 +156,16 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                 "train_loss": train_loss, "val_loss": val_loss,
                 "train_accuracy": train_accuracy, "val_accuracy": val_accuracy,
             }
+            layer_stats = activity.stats()
             emit("epoch", {
                 "epoch": epoch, **last,
-                "layer_spike_rates": {key: float(total) / seen for key, total in rate_sums.items()},
+                "layer_spike_rates": {key: stats["rate"] for key, stats in layer_stats.items()},
                 "param_snapshot": model.param_snapshot(),
                 "epoch_s": time.perf_counter() - epoch_start,
+                "step": step, "layer_stats": layer_stats,
             })
+            for warning in diagnostics.check_epoch(epoch, layer_stats, val_loss):
+                emit("warning", warning)
     except StopRequested:
         emit("stopped", {"epoch": epoch, "forced": False})
         return "stopped"
@@ -148,14 +181,16 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
 def evaluate(model, bundle: datasets.DataBundle, config: TrainConfig, model_input, between_batches) -> tuple[float, float]:
     """Mean loss and accuracy over the validation set; calls ``between_batches()`` before each batch."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), device=bundle.val_labels.device)  # summed on the device, read once
+    correct = torch.zeros((), device=bundle.val_labels.device)
     for images, labels in datasets.iterate_batches(bundle.val_images, bundle.val_labels,
                                                    max(config.batch_size, 256), shuffle=False):
         between_batches()
         counts = model(model_input(images)).sum(0)
-        loss_sum += float(F.cross_entropy(counts, labels, reduction="sum"))
-        correct += int((counts.argmax(1) == labels).sum())
-    loss = loss_sum / bundle.n_val
+        loss_sum += F.cross_entropy(counts, labels, reduction="sum")
+        correct += (counts.argmax(1) == labels).sum()
+    loss_total, correct_total = torch.stack((loss_sum, correct)).tolist()
+    loss = loss_total / bundle.n_val
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"validation loss became {loss}")
-    return loss, correct / bundle.n_val
+    return loss, correct_total / bundle.n_val

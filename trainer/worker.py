@@ -38,7 +38,7 @@ from typing import Any
 
 TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
 PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
-MESSAGE_LIMIT = 300  # characters of an error message sent to clients
+MESSAGE_LIMIT = 1000  # characters of an error message sent to clients: long enough for a fix hint with paths
 HOG_MAX_BYTES = 6 << 30  # the hog fault stops growing here, should the watch that ends it be broken
 
 

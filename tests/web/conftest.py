@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import selectors
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # dashboard_page, the tests' page helpers
 ARTIFACTS = REPO / "test-artifacts" / "web"
 TERMINAL = {"completed", "stopped", "failed"}
 

@@ -9,52 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from dashboard_page import (FAST, JOB_TIMEOUT_MS, TERMINAL, drawn_epochs, fill_form, open_dashboard, points,
+                            start_from_form, wait_points, wait_status)
 
 pytestmark = pytest.mark.timeout(240)
-
-FAST = {"dataset": "synthetic", "hidden": [32], "timesteps": 5, "batch_size": 256, "device": "cpu"}
-TERMINAL = {"completed", "stopped", "failed"}
-JOB_TIMEOUT_MS = 120_000  # a few epochs of a tiny net, on a CPU shared with other test runs
-
-
-def open_dashboard(page, server, query: str = ""):
-    page.goto(server.url + "/" + query)
-    page.wait_for_selector("body[data-ready=true]")
-    page.wait_for_selector("#field-epochs")
-
-
-def fill_form(page, values: dict) -> None:
-    for name, value in values.items():
-        control = page.locator(f"#field-{name}")
-        kind = control.evaluate("el => el.tagName === 'SELECT' ? 'select' : el.type")
-        if kind == "checkbox":
-            control.set_checked(bool(value))
-        elif kind == "select":
-            control.select_option(str(value))
-        else:
-            control.fill(", ".join(map(str, value)) if isinstance(value, list) else str(value))
-
-
-def start_from_form(page, values: dict) -> str:
-    """Fill the form, press Train and return the id of the job the page now watches."""
-    previous = page.evaluate("window.snnmon.job && window.snnmon.job.jobId")
-    fill_form(page, values)
-    page.click("#train-button")
-    page.wait_for_function("prev => window.snnmon.job && window.snnmon.job.jobId !== prev", arg=previous)
-    return page.evaluate("window.snnmon.job.jobId")
-
-
-def points(page, chart: str) -> int:
-    return page.evaluate(f"window.snnmon.charts.{chart}.data[0] ? window.snnmon.charts.{chart}.data[0].length : 0")
-
-
-def wait_points(page, chart: str, n: int, timeout: int = JOB_TIMEOUT_MS) -> None:
-    page.wait_for_function(
-        "([c, n]) => (window.snnmon.charts[c].data[0] || []).length >= n", arg=[chart, n], timeout=timeout)
-
-
-def wait_status(page, status: str, timeout: int = JOB_TIMEOUT_MS) -> None:
-    page.wait_for_selector(f"#job-status[data-status={status}]", timeout=timeout)
 
 
 def test_form_has_every_schema_field_with_its_defaults(page, server):
@@ -97,10 +55,12 @@ def test_train_run_shows_live_charts_until_completed(page, server, artifacts: Pa
     for chart in ("loss", "accuracy", "params"):
         wait_points(page, chart, 2, timeout=5_000)
         assert points(page, chart) == 2, chart
-    loss = page.evaluate("window.snnmon.charts.loss.data")
-    assert loss[0] == [1, 2] and all(v > 0 for v in loss[1] + loss[2])
-    accuracy = page.evaluate("window.snnmon.charts.accuracy.data")
-    assert all(0 <= v <= 100 for v in accuracy[1] + accuracy[2])
+    val_points = page.evaluate("window.snnmon.charts.loss.values('val')")
+    train_points = page.evaluate("window.snnmon.charts.loss.values('train')")
+    assert len(val_points) == 2 and all(v > 0 for _, v in val_points + train_points)
+    assert drawn_epochs(page) == [0, 1]
+    accuracy = page.evaluate("window.snnmon.charts.accuracy.values('val').concat(window.snnmon.charts.accuracy.values('train'))")
+    assert accuracy and all(0 <= v <= 100 for _, v in accuracy)
 
     # One bar per layer key (784→32→10: lifs.0 and lifs.1), each with a percentage.
     bars = page.locator("#spike-bars li")
@@ -132,7 +92,7 @@ def test_train_run_shows_live_charts_until_completed(page, server, artifacts: Pa
     assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= set(header)
     assert len(rows) == 3
     val_loss = [float(r.split(",")[header.index("val_loss")]) for r in rows[1:]]
-    assert val_loss == pytest.approx(loss[2])
+    assert val_loss == pytest.approx([v for _, v in val_points])
 
 
 def test_invalid_field_shows_the_servers_reason_and_creates_no_job(page, server):
@@ -191,6 +151,9 @@ def test_failed_job_shows_its_error(page, server):
     wait_status(page, "failed")
     message = page.locator("#job-error").text_content()
     assert "MNIST" in message or "mnist" in message, message
+    # Whole, with its fix: the command to run and what to give it, not cut at 300 characters.
+    assert "snnmon data mnist" in message and "--from PATH" in message and not message.endswith("…"), message
+    assert "\n" not in message
     assert page.locator("#stop-button").is_disabled()
 
 
@@ -204,8 +167,9 @@ def test_reload_mid_run_reattaches_with_complete_charts(page, server):
     wait_points(page, "loss", 2, timeout=10_000)  # the replay brings back what was drawn before
     replayed = points(page, "loss")
     wait_points(page, "loss", replayed + 1)  # and live epochs keep coming
-    epochs = page.evaluate("window.snnmon.charts.loss.data[0]")
-    assert epochs == list(range(1, len(epochs) + 1)), "an epoch is missing or drawn twice"
+    epochs = drawn_epochs(page)
+    assert epochs == list(range(len(epochs))), "an epoch is missing or drawn twice"
+    assert points(page, "loss") >= len(epochs)
     assert page.evaluate("window.snnmon.stream.duplicates") == 0
     assert page.locator("#job-status").get_attribute("data-status") == "running"
 
@@ -215,7 +179,7 @@ def test_job_started_with_curl_appears_and_can_be_watched(page, server):
     status, answer = server.api("POST", "/api/training/start", {**FAST, "epochs": 1})
     assert status == 202, answer
     job_id = answer["job_id"]
-    button = page.locator(f"#jobs-table tr[data-job-id='{job_id}'] button")
+    button = page.locator(f"#jobs-table tr[data-job-id='{job_id}'] button.job-open")
     button.wait_for(timeout=10_000)  # the list polls every 2 s
     button.click()
     assert page.evaluate("window.snnmon.job.jobId") == job_id
@@ -241,7 +205,8 @@ def test_stream_resumes_after_a_network_drop_without_lost_or_doubled_points(page
     assert proxy.drop_all() > 0
     wait_status(page, "completed")
     wait_points(page, "loss", 2, timeout=5_000)
-    assert page.evaluate("window.snnmon.charts.loss.data[0]") == [1, 2]
+    assert drawn_epochs(page) == [0, 1]
+    assert points(page, "loss") == 2
     stream = page.evaluate("({r: window.snnmon.stream.reconnects, d: window.snnmon.stream.duplicates})")
     assert stream["r"] >= 1
     resumed = [h for h in proxy.request_heads

@@ -96,8 +96,14 @@ export const api = {
   stop: (jobId) => request("POST", "/api/training/stop", { job_id: jobId }, { interactive: true }),
   status: (jobId, { interactive = true } = {}) => request("GET", `/api/training/status/${enc(jobId)}`, undefined, { interactive }),
   jobs: () => request("GET", "/api/training/jobs"),
-  metricsCsv: (jobId) =>
-    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv`, undefined, { interactive: true, as: "text" }),
+  patch: (jobId, fields) => request("PATCH", `/api/training/jobs/${enc(jobId)}`, fields, { interactive: true }),
+  remove: (jobId) => request("DELETE", `/api/training/jobs/${enc(jobId)}`, undefined, { interactive: true }),
+  // level "epoch" (one row per epoch) or "step" (one row per batch event)
+  metricsCsv: (jobId, level = "epoch") =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/metrics?format=csv&level=${enc(level)}`, undefined, {
+      interactive: true,
+      as: "text",
+    }),
 };
 
 // EventSource cannot send headers: the token travels as ?access_token=. A manual reconnect (after

@@ -1,24 +1,18 @@
-// The live panels: uPlot line charts (loss, accuracy, neuron parameters) and the spike-rate bars.
-// Data arrives as events, possibly hundreds in one burst when a finished job is replayed; panels
-// are only marked dirty, and one requestAnimationFrame callback redraws each dirty panel once.
+// The live panels: uPlot line charts and the parameter table. Data arrives as events, possibly
+// hundreds in one burst when a finished job is replayed; panels are only marked dirty, and one
+// requestAnimationFrame callback redraws each dirty panel once, from the runs' data as it is then.
 
 /* global uPlot */
 
-export const COLORS = {
-  trainLoss: "#4c9aff",
-  valLoss: "#ff5f5f",
-  trainAcc: "#3ecf8e",
-  valAcc: "#b48cff",
-};
-// Parameter series: beta in warm tones, threshold in cool dashed ones, one shade per layer.
-const BETA_SHADES = ["#f5a623", "#f7c948", "#e8743b", "#ffd8a8"];
-const THRESHOLD_SHADES = ["#2ec4b6", "#5ad1f5", "#7b9cff", "#9be7c4"];
+import { formatNumber } from "./series.js";
+
 const AXIS = { stroke: "#9aa4b2", grid: { stroke: "#2a3340", width: 1 }, ticks: { stroke: "#2a3340" } };
+const HEIGHT = 220;
 
 const dirty = new Set();
 let frameRequested = false;
 
-function markDirty(panel) {
+export function markDirty(panel) {
   dirty.add(panel);
   if (!frameRequested) {
     frameRequested = true;
@@ -31,194 +25,182 @@ function markDirty(panel) {
   }
 }
 
-function epochAxis() {
-  return {
-    ...AXIS,
-    label: "epoch",
-    incrs: [1, 2, 5, 10, 20, 25, 50, 100],
-    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? String(v) : "")),
-  };
-}
-
-function seriesStyle(label, stroke) {
-  return { label, stroke, width: 2, points: { show: true, size: 7, fill: stroke, stroke } };
-}
-
-// A line chart over epochs (x = 1-based epoch). `series` is [{key, label, stroke}].
+/**
+ * A line chart of any number of series with their own x values, joined onto one x column.
+ * `build()` is asked at each redraw for {xLabel, log, lines, markers}: lines are
+ * [{label, run, role, stroke, dash, width, points, x: number[], y: (number|null)[]}], markers the
+ * x positions of epoch ends (drawn as faint vertical lines). Drag to zoom into an x range,
+ * double-click to see everything again; while zoomed, live points do not move the view.
+ */
 export class LineChart {
-  constructor(container, { title, series, yLabel, yRange = null, format = (v) => v.toFixed(3) }) {
+  constructor(container, { title, yLabel, build, clamp = [0, Infinity], format = formatNumber }) {
     this.container = container;
     this.title = title;
     this.yLabel = yLabel;
-    this.yRange = yRange;
+    this.build = build;
+    this.clamp = clamp;
     this.format = format;
-    this.totalEpochs = 1;
     this.plot = null;
-    this.setSeries(series);
+    this.shape = "";
+    this.lines = [];
+    this.markers = [];
+    this.zoomed = false;
     new ResizeObserver(() => this.resize()).observe(container);
   }
 
-  // (Re)build the chart for a new set of series (the parameter chart learns its keys from the
-  // first epoch event).
-  setSeries(series) {
-    this.series = series;
-    this.columns = [[], ...series.map(() => [])];
-    if (this.plot) this.plot.destroy();
-    const fmt = this.format;
-    const opts = {
-      title: this.title,
-      width: Math.max(this.container.clientWidth, 200),
-      height: 220,
-      scales: {
-        x: { time: false, range: () => [0.6, Math.max(this.totalEpochs, 2) + 0.4] },
-        y: this.yRange ? { range: () => this.yRange } : { range: (u, lo, hi) => paddedRange(lo, hi) },
-      },
-      axes: [epochAxis(), { ...AXIS, label: this.yLabel, size: 56 }],
-      // Away from the cursor the legend shows each series' latest value.
-      series: [
-        { label: "epoch", value: legendValue(String) },
-        ...series.map((s) => ({ ...seriesStyle(s.label, s.stroke), dash: s.dash, value: legendValue(fmt) })),
-      ],
-      legend: { live: true },
-      cursor: { points: { size: 8 } },
-    };
-    this.plot = new uPlot(opts, this.columns, this.container);
-    this.container.dataset.points = "0";
-  }
-
-  clear(totalEpochs = 1) {
-    this.totalEpochs = totalEpochs;
-    this.columns = [[], ...this.series.map(() => [])];
-    markDirty(this);
-  }
-
-  setTotalEpochs(n) {
-    this.totalEpochs = Math.max(1, n);
-    markDirty(this);
-  }
-
-  // One point per epoch; an epoch seen again replaces its point instead of adding one.
-  put(epoch, values) {
-    const x = epoch + 1;
-    let i = this.columns[0].indexOf(x);
-    if (i === -1) {
-      i = this.columns[0].length;
-      this.columns[0].push(x);
-      for (let s = 1; s < this.columns.length; s += 1) this.columns[s].push(null);
-    }
-    this.series.forEach((s, idx) => {
-      const v = values[s.key];
-      this.columns[idx + 1][i] = typeof v === "number" && Number.isFinite(v) ? v : null;
-    });
+  update() {
     markDirty(this);
   }
 
   render() {
-    this.plot.setData(this.columns.map((c) => c.slice()));
-    this.container.dataset.points = String(this.columns[0].length);
+    const { xLabel, log = false, lines, markers = [] } = this.build();
+    this.lines = lines;
+    this.markers = markers;
+    const shape = JSON.stringify([xLabel, log, lines.map((l) => [l.label, l.stroke, l.dash, l.width, l.points])]);
+    if (shape !== this.shape || !this.plot) {
+      this.shape = shape;
+      this.create(xLabel, log, lines);
+    }
+    const data = lines.length ? uPlot.join(lines.map((l) => [l.x, log ? positive(l.y) : l.y])) : [[]];
+    if (this.zoomed) {
+      const { min, max } = this.plot.scales.x;
+      this.plot.setData(data, false);
+      this.plot.setScale("x", { min, max });
+    } else {
+      this.plot.setData(data);
+    }
+    this.container.dataset.series = String(lines.length);
+  }
+
+  create(xLabel, log, lines) {
+    if (this.plot) this.plot.destroy();
+    this.zoomed = false;
+    const format = this.format;
+    const [low, high] = this.clamp;
+    const opts = {
+      title: this.title,
+      width: Math.max(this.container.clientWidth, 200),
+      height: HEIGHT,
+      scales: {
+        x: { time: false },
+        y: log ? { distr: 3 } : { range: (u, lo, hi) => paddedRange(lo, hi, low, high) },
+      },
+      axes: [
+        { ...AXIS, label: xLabel },
+        // uPlot's own tick labels: their decimals follow the tick spacing, so 2.3026 and 2.3031 differ.
+        { ...AXIS, label: this.yLabel, size: 64 },
+      ],
+      series: [
+        { label: xLabel, value: (u, v) => (v == null ? "–" : formatNumber(v)) },
+        ...lines.map((l) => ({
+          label: l.label,
+          stroke: l.stroke,
+          width: l.width ?? 2,
+          dash: l.dash || undefined,
+          points: l.points ? { show: true, size: 6, fill: l.stroke, stroke: l.stroke } : { show: false },
+          value: latestValue(format),
+        })),
+      ],
+      legend: { live: true },
+      cursor: { points: { size: 7 }, drag: { x: true, y: false, setScale: true } },
+      hooks: {
+        draw: [(u) => this.drawMarkers(u)],
+        setScale: [(u, key) => {
+          if (key === "x") this.zoomed = isZoomed(u);
+        }],
+      },
+    };
+    this.plot = new uPlot(opts, [[], ...lines.map(() => [])], this.container);
+    this.container.classList.toggle("log", log);
+  }
+
+  // Epoch ends, so a step-level curve shows where each epoch begins.
+  drawMarkers(u) {
+    if (!this.markers.length) return;
+    const { ctx } = u;
+    const { top, height } = u.bbox;
+    ctx.save();
+    ctx.strokeStyle = "rgba(154, 164, 178, 0.35)";
+    ctx.setLineDash([3, 4]);
+    ctx.lineWidth = 1;
+    for (const x of this.markers) {
+      const px = Math.round(u.valToPos(x, "x", true)) + 0.5;
+      if (px < u.bbox.left || px > u.bbox.left + u.bbox.width) continue;
+      ctx.beginPath();
+      ctx.moveTo(px, top);
+      ctx.lineTo(px, top + height);
+      ctx.stroke();
+    }
+    ctx.restore();
   }
 
   resize() {
     const width = Math.max(this.container.clientWidth, 200);
-    if (this.plot && width !== this.plot.width) this.plot.setSize({ width, height: 220 });
+    if (this.plot && width !== this.plot.width) this.plot.setSize({ width, height: HEIGHT });
   }
 
-  // What the chart currently draws (read back by tests): [[x...], [series1...], ...].
+  // -- read back by tests and the curious
+
+  // What the chart currently draws: [[x...], [series1...], ...] after joining.
   get data() {
     return this.plot ? this.plot.data : [];
   }
+
+  get labels() {
+    return this.lines.map((l) => l.label);
+  }
+
+  // How many values the series with this role (and run, if given) draws.
+  count(role, run = null) {
+    const index = this.lines.findIndex((l) => l.role === role && (run === null || l.run === run));
+    if (index === -1 || !this.plot) return 0;
+    return (this.plot.data[index + 1] || []).filter((v) => v != null).length;
+  }
+
+  values(role, run = null) {
+    const index = this.lines.findIndex((l) => l.role === role && (run === null || l.run === run));
+    if (index === -1 || !this.plot) return [];
+    const xs = this.plot.data[0];
+    return this.plot.data[index + 1].map((v, i) => [xs[i], v]).filter(([, v]) => v != null);
+  }
+
+  get view() {
+    if (!this.plot) return null;
+    const { min, max, distr } = { ...this.plot.scales.x, distr: this.plot.scales.y.distr };
+    return { min, max, log: distr === 3, zoomed: this.zoomed };
+  }
 }
 
-function legendValue(format) {
+function isZoomed(u) {
+  const xs = u.data[0];
+  if (!xs || xs.length < 2) return false;
+  const { min, max } = u.scales.x;
+  const span = xs[xs.length - 1] - xs[0];
+  return min > xs[0] + span * 1e-6 || max < xs[xs.length - 1] - span * 1e-6;
+}
+
+// Log scale cannot place zero or negative values: those points are left out, not faked.
+function positive(values) {
+  return values.map((v) => (v != null && v > 0 ? v : null));
+}
+
+// Under the cursor: each series' value at that x, or the latest it had before (validation points
+// exist only at epoch ends). Away from the cursor: each series' latest value.
+function latestValue(format) {
   return (u, value, seriesIdx, idx) => {
     let v = value;
-    if (idx == null) {
-      const column = u.data[seriesIdx] || [];
-      for (let i = column.length - 1; i >= 0 && v == null; i -= 1) v = column[i];
-    }
+    const column = u.data[seriesIdx] || [];
+    for (let i = (idx ?? column.length) - 1; i >= 0 && v == null; i -= 1) v = column[i];
     return v == null ? "–" : format(v);
   };
 }
 
-function paddedRange(lo, hi) {
+// The data's own range with a tenth of it as margin, kept within [low, high] (no loss below 0, no
+// accuracy above 100): accuracy between 93% and 97% fills the chart instead of a sliver of 0-100.
+function paddedRange(lo, hi, low, high) {
   if (lo == null || hi == null) return [0, 1];
-  if (lo === hi) {
-    const pad = Math.abs(lo) * 0.1 || 0.1;
-    return [lo - pad, hi + pad];
-  }
-  const pad = (hi - lo) * 0.1;
-  return [Math.max(0, lo - pad), hi + pad];
-}
-
-export function parameterSeries(keys) {
-  let beta = 0;
-  let threshold = 0;
-  return keys.map((key) => {
-    const isBeta = key.endsWith(".beta");
-    const shades = isBeta ? BETA_SHADES : THRESHOLD_SHADES;
-    const stroke = shades[(isBeta ? beta++ : threshold++) % shades.length];
-    return { key, label: key, stroke, dash: isBeta ? undefined : [6, 4] };
-  });
-}
-
-// Horizontal bars, one per layer key, in percent of neurons spiking per timestep. The bars' scale
-// is the next round number above the largest rate, because typical rates are a few percent.
-const BAR_SCALES = [1, 2, 5, 10, 20, 50, 100];
-
-export class SpikeBars {
-  constructor(list, scaleLabel) {
-    this.list = list;
-    this.scaleLabel = scaleLabel;
-    this.rates = {};
-    this.epoch = null;
-  }
-
-  clear() {
-    this.rates = {};
-    this.epoch = null;
-    markDirty(this);
-  }
-
-  set(epoch, rates) {
-    this.epoch = epoch;
-    this.rates = { ...rates };
-    markDirty(this);
-  }
-
-  render() {
-    const keys = Object.keys(this.rates);
-    const percents = keys.map((k) => 100 * this.rates[k]);
-    const top = Math.max(0, ...percents.filter(Number.isFinite));
-    const scale = BAR_SCALES.find((s) => s >= top) || 100;
-    this.list.replaceChildren(
-      ...keys.map((key, i) => {
-        const item = document.createElement("li");
-        const name = document.createElement("span");
-        name.className = "bar-key";
-        name.textContent = key;
-        const track = document.createElement("span");
-        track.className = "bar-track";
-        const fill = document.createElement("span");
-        fill.className = "bar-fill";
-        fill.style.width = `${Math.min(100, (100 * percents[i]) / scale)}%`;
-        track.append(fill);
-        const value = document.createElement("span");
-        value.className = "bar-value";
-        value.textContent = `${percents[i].toFixed(percents[i] < 10 ? 2 : 1)}%`;
-        item.append(name, track, value);
-        item.setAttribute("aria-label", `${key}: ${value.textContent} of neurons spike per step`);
-        return item;
-      }),
-    );
-    this.scaleLabel.textContent = keys.length
-      ? `epoch ${this.epoch + 1}; bar scale 0–${scale}%`
-      : "waiting for the first epoch";
-    this.list.dataset.points = String(keys.length);
-  }
-
-  get data() {
-    return { epoch: this.epoch, rates: { ...this.rates } };
-  }
+  const pad = lo === hi ? Math.abs(lo) * 0.1 || 0.1 : (hi - lo) * 0.1;
+  return [Math.max(low, lo - pad), Math.min(high, hi + pad)];
 }
 
 // The latest value of each learnable parameter and how far it moved since the first epoch.

@@ -1,8 +1,14 @@
-// The monitor of one job: status badge, progress bar, run facts and the four live panels, fed by
-// the job's events (replayed from the first, then live) and by its record (status endpoint, jobs poll).
+// The monitor: one job (status, progress, run facts, warnings, notes and the live panels) or a
+// comparison of several (the same charts overlaid, and their configs side by side). Fed by each
+// run's events (replayed from the first, then live) and records (status endpoint, jobs poll).
 
-import { LineChart, ParameterTable, SpikeBars, COLORS, parameterSeries } from "./charts.js";
+import { LineChart, ParameterTable, markDirty } from "./charts.js";
+import { CompareTable } from "./compare.js";
 import { TERMINAL_STATUSES, bestValAccuracy, formatPercent } from "./jobs.js";
+import { LayerPanel } from "./layers.js";
+import { metricLines, parameterLines, spikeLines } from "./plots.js";
+import { RunData } from "./run.js";
+import { formatDuration, formatNumber } from "./series.js";
 
 const $ = (selector) => document.querySelector(selector);
 // Statuses only move forward; a late poll answer never takes a job back from "stopping" to "running".
@@ -11,67 +17,89 @@ const EVENT_METHODS = {
   config: "onConfig",
   batch: "onBatch",
   epoch: "onEpoch",
+  warning: "onWarning",
   completed: "onCompleted",
   stopped: "onStopped",
   error: "onError",
 };
 const CONNECTION_TEXT = { open: "live", reconnecting: "reconnecting…", ended: "stream ended", idle: "" };
+const VIEW_KEY = "snnmon.view";
 
-function formatDuration(seconds) {
-  if (!Number.isFinite(seconds) || seconds < 0) return "–";
-  const s = Math.round(seconds);
-  const m = Math.floor(s / 60);
-  return m >= 60 ? `${Math.floor(m / 60)}h ${m % 60}m` : `${m}:${String(s % 60).padStart(2, "0")}`;
-}
-
-function fixed(value, digits) {
-  return Number.isFinite(value) ? value.toFixed(digits) : "–";
+function savedView() {
+  try {
+    return { axis: "step", log: false, smoothing: 0.6, ...JSON.parse(localStorage.getItem(VIEW_KEY) || "{}") };
+  } catch {
+    return { axis: "step", log: false, smoothing: 0.6 };
+  }
 }
 
 export class Monitor {
   constructor() {
+    this.view = savedView();
+    this.runs = []; // RunData: one, or several when comparing
+    const runs = () => this.runs;
+    const view = () => this.view;
     this.charts = {
-      loss: new LineChart($("#chart-loss"), {
-        title: "Loss",
-        yLabel: "cross-entropy",
-        series: [
-          { key: "train_loss", label: "train", stroke: COLORS.trainLoss },
-          { key: "val_loss", label: "val", stroke: COLORS.valLoss },
-        ],
-      }),
+      loss: new LineChart($("#chart-loss"), { title: "Loss", yLabel: "cross-entropy", build: () => metricLines(runs(), view(), "loss") }),
       accuracy: new LineChart($("#chart-accuracy"), {
-        title: "Accuracy",
-        yLabel: "%",
-        yRange: [0, 100],
-        format: (v) => `${v.toFixed(1)}%`,
-        series: [
-          { key: "train_accuracy", label: "train", stroke: COLORS.trainAcc },
-          { key: "val_accuracy", label: "val", stroke: COLORS.valAcc },
-        ],
+        title: "Accuracy", yLabel: "%", clamp: [0, 100], format: (v) => `${formatNumber(v)}%`,
+        build: () => metricLines(runs(), view(), "accuracy"),
       }),
-      params: new LineChart($("#chart-params"), { title: "Neuron parameters", yLabel: "value", format: (v) => v.toFixed(4), series: [] }),
-      spikes: new SpikeBars($("#spike-bars"), $("#spike-scale")),
+      spikes: new LineChart($("#chart-spikes"), {
+        title: "Spike rate per layer", yLabel: "% per step", format: (v) => `${formatNumber(v)}%`,
+        build: () => spikeLines(runs(), view()),
+      }),
+      params: new LineChart($("#chart-params"), {
+        title: "Neuron parameters", yLabel: "value", clamp: [-Infinity, Infinity], build: () => parameterLines(runs(), view()),
+      }),
     };
+    this.layers = new LayerPanel($("#spike-bars"), $("#spike-scale"), $("#layer-epoch"));
     this.paramTable = new ParameterTable($("#param-table tbody"));
+    this.compareTable = new CompareTable($("#compare-table"));
     this.status = null;
+    this.bindViewControls();
   }
+
+  bindViewControls() {
+    const axis = $("#x-axis");
+    const log = $("#log-loss");
+    const smoothing = $("#smoothing");
+    axis.value = this.view.axis;
+    log.checked = this.view.log;
+    smoothing.value = String(this.view.smoothing);
+    const apply = () => {
+      this.view = { axis: axis.value, log: log.checked, smoothing: Number(smoothing.value) };
+      $("#smoothing-value").textContent = this.view.smoothing.toFixed(2);
+      localStorage.setItem(VIEW_KEY, JSON.stringify(this.view));
+      this.redraw();
+    };
+    for (const control of [axis, log, smoothing]) control.addEventListener("input", apply);
+    $("#smoothing-value").textContent = this.view.smoothing.toFixed(2);
+  }
+
+  get run() {
+    return this.runs[0] || null;
+  }
+
+  get comparing() {
+    return this.runs.length > 1;
+  }
+
+  runOf(jobId) {
+    return this.runs.find((r) => r.jobId === jobId) || null;
+  }
+
+  // -- one job
 
   // A new job: everything shown so far belongs to the previous one.
   reset(jobId) {
+    this.runs = [new RunData(jobId)];
     this.status = null;
     this.totalEpochs = 1;
     this.batchSize = null;
-    this.paramKeys = [];
-    this.snapshots = []; // [epoch, {"lifs.0.beta": 0.9, ...}] for rebuilding the parameter chart
-    this.best = null;
-    this.charts.loss.clear(1);
-    this.charts.accuracy.clear(1);
-    this.charts.params.setSeries([]);
-    this.charts.spikes.clear();
     this.paramTable.clear();
+    this.setMode("single");
     $("#job-id").textContent = jobId;
-    $("#monitor").hidden = false;
-    $("#empty-monitor").hidden = true;
     for (const el of document.querySelectorAll("#run-info dd")) el.textContent = "–";
     this.setProgress(0, "waiting for the first batch");
     this.showError("");
@@ -83,10 +111,40 @@ export class Monitor {
     badge.className = "status";
     $("#stop-button").disabled = true;
     $("#export-button").disabled = false;
+    $("#export-steps-button").disabled = false;
+    this.redraw();
+  }
+
+  // -- several jobs
+
+  compare(jobIds) {
+    this.runs = jobIds.map((id) => new RunData(id));
+    this.status = null;
+    this.setMode("compare");
+    $("#compare-count").textContent = String(jobIds.length);
+    this.redraw();
+  }
+
+  setMode(mode) {
+    $("#monitor").hidden = false;
+    $("#monitor").dataset.mode = mode;
+    $("#empty-monitor").hidden = true;
+    for (const el of document.querySelectorAll("[data-only=single]")) el.hidden = mode !== "single";
+    for (const el of document.querySelectorAll("[data-only=compare]")) el.hidden = mode !== "compare";
+  }
+
+  redraw() {
+    for (const chart of Object.values(this.charts)) chart.update();
+    if (this.comparing) {
+      this.compareTable.show(this.runs);
+    } else {
+      this.layers.show(this.run);
+      this.renderWarnings();
+    }
   }
 
   setStatus(status, { force = false } = {}) {
-    if (!status) return;
+    if (!status || this.comparing) return;
     const known = this.status === null ? -1 : STATUS_RANK[this.status] ?? -1;
     if (!force && (STATUS_RANK[status] ?? -1) < known) return;
     this.status = status;
@@ -124,27 +182,55 @@ export class Monitor {
     if (el) el.textContent = text;
   }
 
-  // A job record (status endpoint or jobs poll): its status and, for a failed job whose stream has
-  // not said why, its error.
+  renderWarnings() {
+    const list = $("#job-warnings");
+    const warnings = this.run ? this.run.warnings : [];
+    list.replaceChildren(...warnings.map((w) => {
+      const item = document.createElement("li");
+      item.dataset.kind = w.kind || "";
+      item.textContent = w.message;
+      return item;
+    }));
+    list.hidden = !warnings.length;
+  }
+
+  // A job record (status endpoint or jobs poll): its status, name, warnings and, for a failed job
+  // whose stream has not said why, its error.
   applyRecord(record) {
+    const run = this.runOf(record.job_id);
+    if (!run) return;
+    const before = JSON.stringify(run.warnings);
+    const named = run.name;
+    run.applyRecord(record);
+    if (this.comparing) {
+      if (named !== run.name) this.redraw();
+      else this.compareTable.show(this.runs);
+      return;
+    }
     this.setStatus(record.status);
     if (record.status === "failed" && record.error && !$("#job-error").textContent) this.showError(record.error);
     const best = bestValAccuracy(record);
-    if (best !== null && this.best === null) this.setInfo("best", formatPercent(best));
+    if (best !== null && run.bestValAccuracy() === null) this.setInfo("best", formatPercent(best));
+    $("#job-name").textContent = run.name || "";
+    if (JSON.stringify(run.warnings) !== before) this.redraw();
   }
 
-  applyEvent(type, data) {
+  applyEvent(jobId, type, data) {
+    const run = this.runOf(jobId);
     const method = EVENT_METHODS[type];
-    if (method) this[method](data);
+    if (!run || !method) return;
+    if (typeof run[method] === "function") run[method](data);
+    if (!this.comparing) this[method](data);
+    if (type !== "config") this.redraw();
+    else if (this.comparing) this.compareTable.show(this.runs);
   }
 
-  // -- one method per event type of the design's SSE table
+  // -- the single job's head, one method per event type of the design's SSE table
 
   onConfig(data) {
     const config = data.config || {};
     this.totalEpochs = config.epochs || 1;
     this.batchSize = config.batch_size || null;
-    for (const chart of [this.charts.loss, this.charts.accuracy, this.charts.params]) chart.setTotalEpochs(this.totalEpochs);
     const info = data.model_info || {};
     this.setInfo("architecture", data.architecture || "–");
     this.setInfo("cell", [config.cell_type, config.surrogate].filter(Boolean).join(" · ") || "–");
@@ -164,35 +250,25 @@ export class Monitor {
     const total = this.totalEpochs * data.n_batches;
     const done = data.epoch * data.n_batches + batch;
     const eta = this.batchSize && data.samples_per_s > 0 ? ((total - done) * this.batchSize) / data.samples_per_s : NaN;
+    const lr = Number.isFinite(data.lr) ? ` · lr ${formatNumber(data.lr)}` : "";
     this.setProgress(
       done / total,
-      `epoch ${data.epoch + 1}/${this.totalEpochs} · batch ${batch}/${data.n_batches} · loss ${fixed(data.loss, 4)}` +
-        ` · acc ${formatPercent(data.accuracy)} · ${Math.round(data.samples_per_s || 0).toLocaleString()} samples/s` +
+      `epoch ${data.epoch + 1}/${this.totalEpochs} · batch ${batch}/${data.n_batches} · loss ${formatNumber(data.loss)}` +
+        ` · acc ${formatPercent(data.accuracy)}${lr} · ${Math.round(data.samples_per_s || 0).toLocaleString()} samples/s` +
         ` · ETA ${formatDuration(eta)}`,
     );
     this.setStatus("running");
   }
 
   onEpoch(data) {
-    this.charts.loss.put(data.epoch, data);
-    this.charts.accuracy.put(data.epoch, { train_accuracy: 100 * data.train_accuracy, val_accuracy: 100 * data.val_accuracy });
-    this.charts.spikes.set(data.epoch, data.layer_spike_rates || {});
-    const snapshot = data.param_snapshot || {};
-    this.snapshots.push([data.epoch, snapshot]);
-    const keys = Object.keys(snapshot).sort();
-    if (keys.join() !== this.paramKeys.join()) {
-      // New parameter keys: one series per key, then replay the snapshots seen so far.
-      this.paramKeys = keys;
-      this.charts.params.setSeries(parameterSeries(keys));
-      this.charts.params.setTotalEpochs(this.totalEpochs);
-      for (const [epoch, snap] of this.snapshots) this.charts.params.put(epoch, snap);
-    } else {
-      this.charts.params.put(data.epoch, snapshot);
-    }
-    this.paramTable.set(snapshot);
-    if (Number.isFinite(data.val_accuracy) && (this.best === null || data.val_accuracy > this.best)) this.best = data.val_accuracy;
-    this.setInfo("best", formatPercent(this.best));
+    this.paramTable.set(data.param_snapshot || {});
+    const best = this.run.bestValAccuracy(); // in %
+    if (best !== null) this.setInfo("best", formatPercent(best / 100));
     this.setStatus("running");
+  }
+
+  onWarning() {
+    markDirty(this.layers);
   }
 
   onCompleted(data) {
