@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service import metrics
+from service import artifacts, metrics
 from service.errors import (BadEncoding, BadRequest, InvalidJSON, NotReady, PayloadTooLarge, RequestTimeout,
                             capped_fields)
 from service.jobs import JobManager
@@ -72,7 +72,9 @@ async def config_schema(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    record = await request.app[JOB_MANAGER].submit(await read_json(request))
+    manager = request.app[JOB_MANAGER]
+    body, origin = await artifacts.split_start_options(manager, request.app[SETTINGS], await read_json(request))
+    record = await manager.submit(body, origin)
     return json_response({"job_id": record.job_id, "status": record.status}, status=202)
 
 

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from service import api, auth, connections, guards, openapi, static, stream
+from service import api, artifacts, auth, connections, guards, openapi, static, stream
 from service.backend import Backend, ProcessBackend
 from service.cors import OriginPolicy
 from service.devices import DevicePool, visible_gpu_count
@@ -65,6 +65,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app.router.add_get("/metrics", metrics.handler, allow_head=False)
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(api.routes())
+    app.add_routes(artifacts.routes())
     app.add_routes(stream.routes())
     app.add_routes(openapi.routes())
     app.add_routes(static.routes())

@@ -37,6 +37,9 @@ class JobSpec:
     cpu_threads: int
     data_dir: str | None
     allow_download: bool
+    checkpoint_dir: str | None = None  # where the worker writes this job's checkpoints
+    resume_dir: str | None = None  # a stopped/failed job's checkpoint directory to continue
+    init_weights: str | None = None  # a checkpoint file whose weights the model starts from
 
 
 @dataclass(frozen=True)

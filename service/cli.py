@@ -1,6 +1,7 @@
 """``snnmon``: the command line. ``serve`` runs the HTTP service, ``train`` trains in the foreground,
-``data`` prepares an offline data directory; ``submit``, ``watch``, ``jobs``, ``stop`` and ``metrics``
-drive a running server (``service.remote``). Each subcommand imports its package only when chosen, so
+``data`` prepares an offline data directory; ``export`` and ``evaluate`` work on checkpoint files;
+``submit``, ``watch``, ``jobs``, ``stop`` and ``metrics`` drive a running server (``service.remote``).
+Each subcommand imports its package only when chosen, so
 ``snnmon serve`` never imports torch in the server process before it needs to.
 """
 
@@ -11,7 +12,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer import console, mnist
+    from trainer import artifact_console, console, mnist
     from service import remote, settings
 
     parser = argparse.ArgumentParser(prog="snnmon", description="SNN Training Monitor")
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_serve_parser(sub)
     console.add_train_parser(sub)
     mnist.add_data_parser(sub)
+    artifact_console.add_artifact_parsers(sub)
     remote.add_remote_parsers(sub)
     return parser
 

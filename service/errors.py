@@ -10,13 +10,15 @@
     ├── Forbidden (403 forbidden)
     │   └── CrossSite (403 cross_site: a state change from another site's page)
     ├── NotFound (404 not_found)
-    │   └── UnknownJob (404 unknown_job)
+    │   ├── UnknownJob (404 unknown_job)
+    │   └── NoCheckpoint (404 no_checkpoint)
     ├── MethodNotAllowed (405 method_not_allowed)
     ├── RequestTimeout (408 request_timeout)
     ├── JobActive (409 job_active)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── MisdirectedRequest (421 misdirected_request: a Host this server does not answer to)
+    ├── NotExportable (422 not_exportable, with ``cell`` and ``reason``)
     └── ServiceUnavailable (503 service_unavailable)
         ├── ShuttingDown (503 shutting_down)
         ├── NotReady (503 not_ready)
@@ -121,6 +123,19 @@ class UnknownJob(NotFound):
 
     def __init__(self, job_id: str):
         super().__init__(f"no job with id {job_id!r}", job_id=job_id)
+
+
+class NoCheckpoint(NotFound):
+    """The job exists but has not written the checkpoint asked for (yet)."""
+
+    code = "no_checkpoint"
+
+
+class NotExportable(ServiceError):
+    """The network uses a cell the export format cannot express the same way."""
+
+    status = 422
+    code = "not_exportable"
 
 
 class MethodNotAllowed(ServiceError):

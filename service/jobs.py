@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service import memory, metadata
+from service import artifacts, memory, metadata
 from service.backend import Backend, JobHandle, JobSpec
 from service.devices import DevicePool
 from service.errors import (BadRequest, InvalidConfig, JobActive, JobTooLarge, ShuttingDown, StoreUnavailable,
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("snnmon.jobs")
 
-WORKER_EVENTS = frozenset({"config", "batch", "epoch", "warning", "completed", "stopped", "error"})
+WORKER_EVENTS = frozenset({"config", "batch", "epoch", "warning", "checkpoint", "completed", "stopped", "error"})
 INTERRUPTED = "interrupted by server restart"
 # At shutdown SIGKILL follows SIGTERM after at most this long, so the server exits within
 # stop-grace + 5 s (the rest: reaping, the last commits, ending the streams).
@@ -169,8 +169,9 @@ class JobManager:
             log.info("restored %d job(s), %d of them unfinished: marked failed (%s)", len(stored), interrupted,
                      INTERRUPTED)
 
-    async def submit(self, body: Any) -> JobRecord:
+    async def submit(self, body: Any, origin: artifacts.StartOrigin = artifacts.StartOrigin()) -> JobRecord:
         """Validate a start request's body, admit the job by its memory and queue it once it is saved.
+        ``origin``: the checkpoint it starts from (``artifacts.split_start_options``, checked already).
         Raises InvalidConfig, JobTooLarge, StoreUnavailable or ShuttingDown."""
         self._check_accepting()
         body, run_info = metadata.split_start_body(body)  # name, tags, notes: not TrainConfig fields
@@ -188,7 +189,8 @@ class JobManager:
         self._devices.check(config.device)
         estimate = self._admit(config)
         job_id = uuid.uuid4().hex[:12]
-        record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, memory_estimate_bytes=estimate.total,
+        record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, resumed_from=origin.resumed_from,
+                           init_from=origin.init_from, memory_estimate_bytes=estimate.total,
                            memory_limit_bytes=self.memory_limit or None, **run_info)
         if not record.name:
             record.name = metadata.default_name(record.config, self.records())
@@ -262,11 +264,12 @@ class JobManager:
         return record  # a job still being started gets its stop as soon as its process exists
 
     async def delete(self, job_id: str) -> None:
-        """Delete a finished job and its events (JobActive for one that has not finished)."""
+        """Delete a finished job, its events and its checkpoints (JobActive for one that has not finished)."""
         job = self._job(job_id)
         if not job.record.finished:
             raise JobActive(job_id, job.record.status)
         await self._forget(job)
+        await asyncio.get_running_loop().run_in_executor(None, artifacts.remove_job_files, self._settings, job_id)
         log.info("job %s deleted", job_id)
 
     async def shutdown(self) -> None:
@@ -320,7 +323,7 @@ class JobManager:
         try:
             spec = JobSpec(record.job_id, record.config, device,
                            self._settings.threads_per_cpu_job(), self._settings.data_dir,
-                           self._settings.allow_download)
+                           self._settings.allow_download, **self._checkpoint_paths(record))
             try:
                 job.handle = await self._backend.submit(spec)
             except Exception as exc:  # task boundary: e.g. too many processes or open files
@@ -361,6 +364,16 @@ class JobManager:
             self._devices.release(device)
             self._active -= 1
             self._schedule()
+
+    def _checkpoint_paths(self, record: JobRecord) -> dict[str, str | None]:
+        """The worker's checkpoint folder, and what it starts from (paths of other jobs' files)."""
+        settings = self._settings
+        init = record.init_from
+        return {
+            "checkpoint_dir": str(artifacts.job_dir(settings, record.job_id)),
+            "resume_dir": str(artifacts.job_dir(settings, record.resumed_from)) if record.resumed_from else None,
+            "init_weights": str(artifacts.weights_path(settings, init["job_id"], init["which"])) if init else None,
+        }
 
     def _begin_stop(self, job: Job) -> None:
         job.handle.request_stop()
@@ -454,6 +467,8 @@ class JobManager:
             return  # the server is ending this job: nothing it sends now can be saved or matters
         if name in ("completed", "stopped", "error"):
             self._read_memory(job)  # the worker is about to exit: its peak, for the record
+        if name == "checkpoint":  # the file is on disk already: the record's size includes it
+            job.record.disk_bytes = artifacts.disk_usage(artifacts.job_dir(self._settings, job.record.job_id))
         self._append(job, name, data)
 
     def _append(self, job: Job, name: str, data: dict[str, Any]) -> None:
@@ -481,11 +496,18 @@ class JobManager:
             self._forget(job)
         if oldest:
             log.info("pruned %d finished job(s) beyond --keep-jobs %d", len(oldest), self._settings.keep_jobs)
+            asyncio.get_running_loop().run_in_executor(None, _remove_all_files, self._settings,
+                                                       [job.record.job_id for job in oldest])
 
     def _forget(self, job: Job) -> asyncio.Future[None]:
         del self._jobs[job.record.job_id]
         job.channel.delete()
         return self._store.delete_job(job.record.job_id)
+
+
+def _remove_all_files(settings: Settings, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        artifacts.remove_job_files(settings, job_id)
 
 
 def _exit_reason(record: JobRecord, code: int | None, stop_requested: bool) -> str:

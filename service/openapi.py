@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service import errors
+from service import artifacts, errors, metadata, metrics
 from service.store import STATUSES, JobRecord
 from trainer import config as train_config
 
@@ -137,6 +137,47 @@ LAST_EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,16}$",
                  "description": "resume after this event id (ASCII digits, at most 2^53 - 1)"}
 
 
+def run_metadata_schema(min_properties: int = 0) -> dict[str, Any]:
+    """name, tags, notes (service.metadata): in the start body, and the PATCH body."""
+    return {"type": "object", "minProperties": min_properties, "additionalProperties": False, "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": metadata.NAME_MAX, "pattern": "^[^\\x00-\\x1f\\x7f]*\\S[^\\x00-\\x1f\\x7f]*$"},
+        "tags": {"type": "array", "maxItems": metadata.TAGS_MAX, "items": {
+            "type": "string", "minLength": 1, "maxLength": metadata.TAG_MAX, "pattern": "^[^,\\x00-\\x1f\\x7f]*\\S[^,\\x00-\\x1f\\x7f]*$"}},
+        "notes": {"type": "string", "maxLength": metadata.NOTES_MAX},
+    }}
+
+
+def start_options_schema() -> dict[str, Any]:
+    """resume_from / init_from (service.artifacts): where a job's weights come from."""
+    return {
+        "resume_from": {"type": "string", "description": "continue this stopped or failed job from its last "
+                                                         "checkpoint, with its own config (only device may change)"},
+        "init_from": {"type": "object", "required": ["job_id"], "additionalProperties": False,
+                      "description": "fine-tune: start from this job's weights (the same architecture)",
+                      "properties": {"job_id": {"type": "string"},
+                                     "which": {"type": "string", "enum": list(artifacts.WHICH)}}},
+    }
+
+
+def start_body_schema() -> dict[str, Any]:
+    """TrainConfig's fields plus the run metadata and the start options, which the service splits off
+    before validating them."""
+    config = train_config_schema()
+    return {**config, "properties": {**config["properties"], **run_metadata_schema()["properties"],
+                                     **start_options_schema()}}
+
+
+WHICH = {"name": "which", "in": "query", "schema": {"type": "string", "enum": list(artifacts.WHICH)},
+         "description": "best (the default) or last"}
+
+JOB_FILTERS = [
+    {"name": "status", "in": "query", "schema": {"type": "string"},
+     "description": f"comma-separated statuses: {', '.join(STATUSES)}"},
+    {"name": "tag", "in": "query", "schema": {"type": "string"}, "description": "a tag the job has (repeatable)"},
+    {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "text in name, tags, notes or id"},
+]
+
+
 def _operation(summary: str, ok: dict[int, dict[str, Any]], *, parameters: list | None = None,
                body: dict[str, Any] | None = None, extra_errors: tuple[int, ...] = (),
                tag: str = "training") -> dict[str, Any]:
@@ -183,27 +224,42 @@ def _paths() -> dict[str, Any]:
         "/api/training/start": {"post": _operation(
             "start a training job", {202: _json({"type": "object", "required": ["job_id", "status"], "properties": {
                 "job_id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)}}}, "accepted")},
-            body=_ref("TrainConfig"))},
+            body=start_body_schema())},
         "/api/training/stop": {"post": _operation(
             "stop a job (idempotent on a finished one)", {200: _json(
                 {"type": "object", "required": ["job_id", "status"]}, "the job's status now")},
             body={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string"}},
                   "additionalProperties": False})},
         "/api/training/status/{job_id}": {"get": _operation("a job record", {200: record}, parameters=[JOB_ID])},
-        "/api/training/jobs": {"get": _operation("every job record, newest first", {200: _json(
-            {"type": "array", "items": _ref("JobRecord")}, "job records")})},
+        "/api/training/jobs": {"get": _operation("job records, newest first, filtered", {200: _json(
+            {"type": "array", "items": _ref("JobRecord")}, "job records")}, parameters=JOB_FILTERS)},
         "/api/training/jobs/{job_id}": {
             "get": _operation("a job record", {200: record}, parameters=[JOB_ID]),
+            "patch": _operation("change a job's name, tags or notes", {200: record}, parameters=[JOB_ID],
+                                body=run_metadata_schema(min_properties=1)),
             "delete": _operation("delete a finished job and its events", {204: {"description": "deleted"}},
                                  parameters=[JOB_ID], extra_errors=(409,)),
         },
         "/api/training/jobs/{job_id}/metrics": {"get": _operation(
-            "per-epoch metrics, as JSON or as a CSV download",
+            "per-epoch (level=epoch) or per-batch-event (level=step) metrics, as JSON or as a CSV download",
             {200: {"description": "the metrics", "content": {
-                JSON: {"schema": {"type": "object", "required": ["job_id", "status", "epochs"]}},
+                JSON: {"schema": {"type": "object", "required": ["job_id", "status"]}},
                 "text/csv": {"schema": {"type": "string"}}}}},
             parameters=[JOB_ID, {"name": "format", "in": "query", "schema": {"type": "string",
-                                                                              "enum": ["json", "csv"]}}])},
+                                                                              "enum": ["json", "csv"]}},
+                        {"name": "level", "in": "query", "schema": {"type": "string", "enum": list(metrics.LEVELS)}}])},
+        "/api/training/jobs/{job_id}/checkpoint": {"get": _operation(
+            "the job's best or last weights as a safetensors download",
+            {200: {"description": "a safetensors file", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+            parameters=[JOB_ID, WHICH])},
+        "/api/training/jobs/{job_id}/export": {"get": _operation(
+            "the job's network (best weights unless which=last) as a NIR graph (HDF5)",
+            {200: {"description": "a NIR file", "content": {
+                "application/x-hdf5": {"schema": {"type": "string", "format": "binary"}}}}},
+            parameters=[JOB_ID, WHICH, {"name": "format", "in": "query",
+                                        "schema": {"type": "string", "enum": list(artifacts.EXPORT_FORMATS)}}],
+            extra_errors=(422,))},
         "/api/training/stream/{job_id}": {"get": stream},
         "/api/training/{job_id}/stream": {"get": stream},
     }

@@ -51,6 +51,10 @@ class JobRecord:
     tags: list[str] = field(default_factory=list)
     notes: str = ""
     warnings: list[dict[str, Any]] = field(default_factory=list)  # data of its warning events, oldest first
+    artifacts: dict[str, Any] = field(default_factory=dict)  # {"best"|"last": {"epoch", "bytes"}}
+    disk_bytes: int = 0  # the job's checkpoint folder in the data directory
+    resumed_from: str | None = None  # the job this one continues (start option resume_from)
+    init_from: dict[str, str] | None = None  # {"job_id", "which"}: the weights this job started from
 
     @property
     def finished(self) -> bool:
@@ -80,6 +84,8 @@ class JobRecord:
         elif event == "warning":
             if len(self.warnings) < WARNINGS_KEPT:
                 self.warnings.append(data)
+        elif event == "checkpoint":
+            self.artifacts[str(data.get("which"))] = {"epoch": data.get("epoch"), "bytes": data.get("bytes")}
         elif event == "completed":
             self.status, self.final_metrics, self.finished_at = "completed", data, now
         elif event == "stopped":

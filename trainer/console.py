@@ -1,4 +1,5 @@
-"""``snnmon train``: train in the foreground with a live progress bar, or ``--json`` event lines.
+"""``snnmon train``: train in the foreground with a live progress bar, or ``--json`` event lines;
+``--save DIR`` writes the same checkpoints as a server job (``trainer.checkpoint``).
 
 Flags are generated from ``trainer.config.FIELDS`` (``add_config_arguments``, also used by ``snnmon
 submit``); values go through ``TrainConfig.from_dict`` so a bad flag gets the same per-field reason as
@@ -41,6 +42,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "or the user's data directory)")
     parser.add_argument("--allow-download", action=argparse.BooleanOptionalAction, default=True,
                         help="download the dataset when its files are missing")
+    parser.add_argument("--save", metavar="DIR", default=None,
+                        help="write last.safetensors after every epoch and best.safetensors at the best "
+                        "validation accuracy (and last.state.pt, to resume) into DIR")
     parser.set_defaults(handler=run_train)
     return parser
 
@@ -128,7 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
         print_field_errors("train", exc.fields)
         return EXIT_BAD_USAGE
 
-    from trainer.train import train  # imports torch: only once the flags are known to be good
+    from trainer.checkpoint import Checkpoints  # imports torch: only once the flags are known to be good
+    from trainer.train import train
 
     stop_requested = False
 
@@ -143,7 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
     reporter = JsonLines() if args.json else ProgressReporter()
     try:
         outcome = train(config, reporter, lambda: stop_requested, data_dir=args.data_dir,
-                        allow_download=args.allow_download)
+                        allow_download=args.allow_download, checkpoints=Checkpoints(args.save))
     except Exception as exc:  # a process boundary: report one line, keep the traceback off the screen
         reporter("error", {"message": f"{type(exc).__name__}: {exc}".splitlines()[0]})
         outcome = "error"
@@ -205,6 +210,8 @@ class ProgressReporter:
                   f"{data['val_accuracy']:.4f} | {data['epoch_s']:.1f}s | spike rates {rates}")
         elif event == "warning":
             print(f"warning: {data['message']}", file=sys.stderr)
+        elif event == "checkpoint":
+            print(f"saved {data['which']} checkpoint of epoch {data['epoch'] + 1} ({data['bytes']} bytes)")
         elif event == "completed":
             print(f"completed in {data['duration_s']:.1f}s: val accuracy {data['val_accuracy']:.4f}, "
                   f"val loss {data['val_loss']:.4f}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from trainer import data as datasets
 from trainer.activity import LayerActivity
+from trainer.checkpoint import Checkpoints, TrainingState
 from trainer.config import TrainConfig
 from trainer.diagnostics import RunDiagnostics
 from trainer.models import build_model
@@ -54,8 +55,11 @@ def resolve_device(requested: str) -> str:
 
 def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lambda: False, *,
           device: str | None = None, data_dir=None, allow_download: bool = True,
-          job_id: str | None = None) -> str:
-    """Train ``config`` to the end, a stop or an error; return the terminal event's name."""
+          job_id: str | None = None, checkpoints: Checkpoints | None = None) -> str:
+    """Train ``config`` to the end, a stop or an error; return the terminal event's name.
+
+    ``checkpoints`` (``trainer.checkpoint``): where to write ``last``/``best`` after each epoch, and
+    what to start from (a run to resume, weights to fine-tune)."""
     started = time.perf_counter()
     config = config.with_seed()
     device = resolve_device(device or config.device)
@@ -99,11 +103,15 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
     sum_dtype = torch.float32 if device.startswith("mps") else torch.float64  # MPS has no float64
     window_sums = torch.zeros(2, device=device, dtype=sum_dtype)
     epoch_sums = torch.zeros(2, device=device, dtype=sum_dtype)
-    epoch = 0
-    step = 0  # optimizer steps in this job, across epochs
+    checkpoints = checkpoints or Checkpoints()
+    state = TrainingState(model, optimizer, {"shuffle": shuffle_gen, "encode": encode_gen},
+                          (bundle.mean, bundle.std), device=device)
+    first_epoch = checkpoints.restore(config, state, emit)  # > 0 when resuming
+    epoch = first_epoch
+    step = first_epoch * n_train_batches  # optimizer steps in this job, across epochs (and its resumes)
     last = {}
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             # -- train one epoch
             epoch_start = time.perf_counter()
             model.train()
@@ -166,6 +174,7 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
             })
             for warning in diagnostics.check_epoch(epoch, layer_stats, val_loss):
                 emit("warning", warning)
+            checkpoints.save(config, state, epoch, step, last, emit)
     except StopRequested:
         emit("stopped", {"epoch": epoch, "forced": False})
         return "stopped"

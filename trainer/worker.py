@@ -18,10 +18,11 @@ worker
 Test-only fault hook: ``SNNMON_TEST_FAULT`` in the server's environment (workers inherit it) lists
 ``fault:seed`` pairs, e.g. ``hang:4242,raise:4343``; a job whose config seed matches gets the fault.
 ``hang`` ignores SIGTERM and blocks forever after its first batch event (it can neither see the stop
-Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event; ``hog``
-allocates (and touches) 64 MiB every 50 ms after its first batch event, up to ``HOG_MAX_BYTES``, then
-blocks (what the server's memory watch must end). Nothing in
-the HTTP API can set it: only whoever starts the server.
+Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event;
+``checkpointkill`` SIGKILLs the worker in the middle of its second epoch's checkpoint write (the temporary
+file written, not yet renamed); a job resuming that one runs without it; ``hog`` allocates (and touches)
+64 MiB every 50 ms after its first batch event, up to ``HOG_MAX_BYTES``, then blocks (what the server's
+memory watch must end). Nothing in the HTTP API can set it: only whoever starts the server.
 """
 
 from __future__ import annotations
@@ -53,12 +54,17 @@ def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
     try:
         _limit_threads(spec["cpu_threads"])
         _pin_device(spec["device"])
+        from trainer.checkpoint import Checkpoints
         from trainer.config import TrainConfig
         from trainer.train import train
 
+        checkpoints = Checkpoints(spec.get("checkpoint_dir"), resume_from=spec.get("resume_dir"),
+                                  init_from=spec.get("init_weights"),
+                                  before_replace=_kill_on_write(3) if fault == "checkpointkill"
+                                  and not spec.get("resume_dir") else None)
         train(TrainConfig.from_dict(spec["config"]), emit, stop_event.is_set,
               device=spec["device"], data_dir=spec["data_dir"],
-              allow_download=spec["allow_download"], job_id=spec["job_id"])
+              allow_download=spec["allow_download"], job_id=spec["job_id"], checkpoints=checkpoints)
     except Exception as exc:  # process boundary: the server only ever sees one line
         traceback.print_exc(file=sys.stderr)
         emit("error", {"message": one_line_message(exc, spec["device"])})
@@ -144,9 +150,23 @@ def _exit_when_parent_dies() -> None:
     threading.Thread(target=wait_for_parent, name="parent-watch", daemon=True).start()
 
 
+def _kill_on_write(writes_before: int):
+    """A before_replace hook that SIGKILLs this process at the write after ``writes_before`` renames."""
+    count = 0
+
+    def hook(path) -> None:
+        nonlocal count
+        count += 1
+        if count > writes_before:
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
 def _test_fault(seed: Any) -> str | None:
     for item in os.environ.get(TEST_FAULT_ENV, "").split(","):
         fault, _, target = item.strip().partition(":")
-        if fault in ("hang", "raise", "hog") and target == str(seed):
+        if fault in ("hang", "raise", "hog", "checkpointkill") and target == str(seed):
             return fault
     return None

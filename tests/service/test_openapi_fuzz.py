@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from service import errors, openapi
 from service.api import routes as api_routes
+from service.artifacts import routes as artifact_routes
 from service.stream import routes as stream_routes
 from snnmon_client import wait_gone, worker_pids
 from trainer import config as train_config
@@ -54,7 +55,7 @@ def api_schema(fuzz_server):
 
 def test_every_api_route_is_documented():
     document = openapi.document()
-    served = {(route.method.lower(), route.path) for route in (*api_routes(), *stream_routes())}
+    served = {(route.method.lower(), route.path) for route in (*api_routes(), *artifact_routes(), *stream_routes())}
     documented = {(method, path) for path, operations in document["paths"].items() for method in operations}
     assert served <= documented, served - documented
     assert ("get", "/api/openapi.json") in documented and ("get", "/metrics") in documented

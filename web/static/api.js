@@ -57,7 +57,8 @@ function showTokenDialog() {
   });
 }
 
-// ``as: "text"`` returns the body as text (the CSV export) instead of parsing JSON.
+// ``as: "text"`` returns the body as text (the CSV export) instead of parsing JSON; ``as: "file"``
+// returns {blob, filename} (checkpoint downloads), the name from Content-Disposition.
 async function request(method, path, body, { interactive = false, retried = false, as = "json" } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -72,6 +73,7 @@ async function request(method, path, body, { interactive = false, retried = fals
     sessionStorage.removeItem(TOKEN_KEY);
     if (await askForToken()) return request(method, path, body, { interactive, retried: true, as });
   }
+  if (as === "file" && response.ok) return { blob: await response.blob(), filename: attachmentName(response) };
   const text = await response.text();
   if (as === "text" && response.ok) return text;
   let payload = null;
@@ -87,6 +89,11 @@ async function request(method, path, body, { interactive = false, retried = fals
 }
 
 const enc = encodeURIComponent;
+
+function attachmentName(response) {
+  const match = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : "download";
+}
 
 export const api = {
   surrogates: () => request("GET", "/api/training/surrogates"),
@@ -104,6 +111,10 @@ export const api = {
       interactive: true,
       as: "text",
     }),
+  checkpoint: (jobId, which) =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/checkpoint?which=${enc(which)}`, undefined, { interactive: true, as: "file" }),
+  exportNir: (jobId, which) =>
+    request("GET", `/api/training/jobs/${enc(jobId)}/export?format=nir&which=${enc(which)}`, undefined, { interactive: true, as: "file" }),
 };
 
 // EventSource cannot send headers: the token travels as ?access_token=. A manual reconnect (after

@@ -3,6 +3,7 @@
 // selection) are ignored.
 
 import { api, ApiError } from "./api.js";
+import { ArtifactActions, FineTuneChoice } from "./artifacts.js";
 import { TrainForm } from "./form.js";
 import { JobsList } from "./jobs.js";
 import { Monitor } from "./monitor.js";
@@ -39,6 +40,7 @@ async function watch(jobId) {
   const mine = { jobId, stream: null };
   job = mine;
   monitor.reset(jobId);
+  artifactActions.show(null);
   jobsList.select(jobId);
   jobsList.pick([]);
   setUrl("job", jobId);
@@ -48,6 +50,7 @@ async function watch(jobId) {
     if (job !== mine) return;
     monitor.applyRecord(record);
     fillMeta(record, { reset: true });
+    artifactActions.show(record);
   } catch (err) {
     if (job !== mine) return;
     const unknown = err instanceof ApiError && err.status === 404;
@@ -130,7 +133,7 @@ async function onTrain(event) {
     const tags = $("#run-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
     if (name) body.name = name;
     if (tags.length) body.tags = tags;
-    const answer = await api.start(body);
+    const answer = await api.start({ ...body, ...fineTune.option() });
     await watch(answer.job_id);
     jobsList.refresh();
   } catch (err) {
@@ -224,6 +227,15 @@ async function onSaveMeta(event) {
 
 // -- start-up
 
+const artifactActions = new ArtifactActions({
+  onStarted: (jobId) => {
+    watch(jobId);
+    jobsList.refresh();
+  },
+  onError: (message) => monitor.showError(message),
+});
+const fineTune = new FineTuneChoice();
+
 const jobsList = new JobsList($("#jobs-table"), $("#jobs-filter"), {
   onSelect: (id) => watch(id),
   onPick,
@@ -232,6 +244,8 @@ const jobsList = new JobsList($("#jobs-table"), $("#jobs-filter"), {
     for (const record of records) monitor.applyRecord(record); // the monitor keeps only its runs'
     const selected = job && records.find((r) => r.job_id === job.jobId);
     if (selected) fillMeta(selected);
+    if (selected) artifactActions.show(selected);
+    fineTune.update(records);
   },
   onError: (message) => {
     $("#jobs-error").textContent = message;
