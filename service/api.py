@@ -74,7 +74,7 @@ async def config_schema(request: web.Request) -> web.Response:
 async def start(request: web.Request) -> web.Response:
     manager = request.app[JOB_MANAGER]
     body, origin = await artifacts.split_start_options(manager, request.app[SETTINGS], await read_json(request))
-    record = manager.submit(body, origin)
+    record = await manager.submit(body, origin)
     return json_response({"job_id": record.job_id, "status": record.status}, status=202)
 
 
@@ -146,11 +146,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for work: the job store is open and healthy, and the server is not shutting down."""
+    """Ready for work: the job store is open and writes succeed, and the server is not shutting down.
+    After a failed write, each call tries one small write, so readiness returns once there is room again."""
     manager = request.app.get(JOB_MANAGER)
     if manager is None or manager.shutting_down:
         raise NotReady("the server is shutting down" if manager else "the server is starting")
-    if not request.app[STORE].healthy:
+    if not request.app[STORE].healthy and not await request.app[STORE].probe():
         raise NotReady("the job store is not open, or a write to it failed (see the server log)")
     return json_response({"status": "ready"})
 

@@ -61,6 +61,8 @@ class ExitStatus:
 
 
 class JobHandle(Protocol):
+    pid: int | None  # the worker's process id on this machine (its memory is watched); None elsewhere
+
     def events(self) -> AsyncIterator[dict[str, Any]]:
         """The worker's events as sent; ends once the job's process is gone and every event is read."""
 

@@ -3,7 +3,8 @@
     ServiceError (500 internal_error)
     ├── BadRequest (400 bad_request)
     │   ├── InvalidJSON (400 invalid_json)
-    │   └── InvalidConfig (400 invalid_config, with ``fields``)
+    │   ├── InvalidConfig (400 invalid_config, with ``fields``)
+    │   ├── JobTooLarge (400 job_too_large: the memory estimate, the budget, the fields to reduce)
     │   └── BadEncoding (400 bad_encoding: a compressed body that does not decompress)
     ├── Unauthorized (401 unauthorized, with a WWW-Authenticate: Bearer header)
     ├── Forbidden (403 forbidden)
@@ -21,6 +22,7 @@
     └── ServiceUnavailable (503 service_unavailable)
         ├── ShuttingDown (503 shutting_down)
         ├── NotReady (503 not_ready)
+        ├── StoreUnavailable (503 store_unavailable: the job store cannot write, e.g. the disk is full)
         └── TooManyConnections (503 too_many_connections: written by the connection gate, not a handler)
 
 Handlers raise these; one middleware (``service.app``) turns them into ``{"error", "message", ...}``.
@@ -83,6 +85,12 @@ class InvalidConfig(BadRequest):
             super().__init__(f"invalid config: {message}", fields=shown, more_fields=more)
         else:
             super().__init__(f"invalid config: {message}", fields=shown)
+
+
+class JobTooLarge(BadRequest):
+    """A job whose estimated peak memory is over the per-job budget (``service.memory``)."""
+
+    code = "job_too_large"
 
 
 class Unauthorized(ServiceError):
@@ -176,6 +184,10 @@ class ShuttingDown(ServiceUnavailable):
 
 class NotReady(ServiceUnavailable):
     code = "not_ready"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"
 
 
 class TooManyConnections(ServiceUnavailable):

@@ -8,6 +8,12 @@ what is published; only then does it take live events, through a bounded buffer.
 or one that reconnects with ``Last-Event-ID``, gets exactly the events after its position, and a job
 that ended long ago replays from the store alone (memory holds no finished job's events).
 
+An event whose write failed (a full disk) is never published: the channel is *broken* from then on,
+publishes nothing more, and ends its subscribers once they have handed out what was published before; a
+client that reconnects gets what the store holds and then the end of the stream. So no client ever holds
+a seq that a later server could number again. ``on_write_failed`` tells the job manager, which stops the
+job.
+
 A subscriber that cannot keep up (its socket stays full) may skip batch events, never others: the
 buffer holds at most ``capacity`` events plus the job's epoch and terminal events (at most 100 epochs).
 """
@@ -18,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
@@ -51,6 +57,8 @@ class EventChannel:
         self.published_seq = head_seq  # seq of the last event committed and offered to subscribers
         self.ended = finished  # the terminal event is published
         self.deleted = False  # the job was deleted: its subscribers end
+        self.broken = False  # an event's write failed: nothing more is published, subscribers end
+        self.on_write_failed: Callable[[StoredEvent, BaseException], None] | None = None
         self._pending: deque[tuple[StoredEvent, asyncio.Future[None]]] = deque()
         self._subscribers: set[Subscriber] = set()
 
@@ -90,10 +98,15 @@ class EventChannel:
         return len(self._subscribers)
 
     def _publish_committed(self, _: asyncio.Future[None]) -> None:
-        # The writer settles futures in order, so this publishes in seq order. A failed write is
-        # published all the same: the live view goes on, and the store reports itself unhealthy.
+        # The writer settles futures in order, so this publishes in seq order, and stops at a failure.
         while self._pending and self._pending[0][1].done():
-            stored, _ = self._pending.popleft()
+            stored, committed = self._pending.popleft()
+            if self.broken:
+                continue
+            error = committed.exception()
+            if error is not None:
+                self._break(stored, error)
+                continue
             self.published_seq = stored.seq
             self.ended = stored.terminal
             if log.isEnabledFor(logging.DEBUG):
@@ -102,6 +115,15 @@ class EventChannel:
                 self.metrics.event_published(stored.event)
             for subscriber in tuple(self._subscribers):
                 subscriber.offer(stored)
+
+    def _break(self, stored: StoredEvent, error: BaseException) -> None:
+        self.broken = True
+        log.warning("job %s: event %d (%s) was not saved, so it is not sent; ending the job's streams",
+                    self.job_id, stored.seq, stored.event)
+        for subscriber in tuple(self._subscribers):
+            subscriber.wake()
+        if self.on_write_failed is not None:
+            self.on_write_failed(stored, error)
 
     def _attach(self, subscriber: "Subscriber") -> None:
         self._subscribers.add(subscriber)
@@ -134,6 +156,9 @@ class Subscriber:
                 return event
             if self._channel.deleted and self._channel.published_seq >= self._channel.head_seq:
                 self.close()  # its events are gone from the store, and no more are coming
+                break
+            if self._channel.broken and self._live is not None:
+                self.close()  # what was published is handed out; what failed to save never will be
                 break
             if self._live is None:
                 await self._read_page_or_go_live()
@@ -192,6 +217,9 @@ class Subscriber:
             return
         if channel.published_seq > self._cursor and published <= self._cursor:
             return  # more was published while the read ran: read again
+        if channel.broken:
+            self.close()  # the store holds all this job will ever send
+            return
         # Caught up: no await since the check, so no event can fall between the store and the buffer.
         if self._cursor < channel.published_seq and not channel.deleted:
             log.warning("job %s: store has no events after %d but %d are published; following live",

@@ -10,6 +10,16 @@ Stop: set the job's stop Event; if the process still lives after ``stop_grace_s`
 then SIGKILL after ``kill_grace_s``; the job then ends ``stopped`` with ``forced: true``. Whatever
 happens, the device slot is released and the process reaped.
 
+Admission: ``submit`` estimates the job's peak memory from its config (``service.memory``) and refuses
+one over the per-job budget (400 ``job_too_large``, naming the estimate, the budget and the fields to
+reduce); it answers only once the job's record is committed, so an acknowledged job survives a crash, and
+a store that cannot write gets 503 ``store_unavailable`` (that attempt is also what learns that writes
+succeed again). While a worker runs, a watcher reads its resident memory and ends it (SIGKILL, ``failed``
+"exceeded its memory limit") past ``--job-memory-limit``, and sends a ``warning`` event when it has sent
+nothing for ``--stall-timeout`` seconds (``--stall-action kill``: the job also ends ``failed``); before its
+first event a starting worker is given at least ``STARTUP_ALLOWANCE_S``. An event
+the store could not save is never sent (``service.events``): the job is killed and ends ``failed``.
+
 History: at start-up ``restore`` takes every stored job back; one that had not finished ends ``failed``
 with "interrupted by server restart" (an ``error`` event, so its stream ends). Beyond ``keep_jobs``
 jobs, the oldest finished ones are deleted with their events. ``shutdown`` refuses new jobs, stops
@@ -27,13 +37,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service import artifacts, metadata
+from service import artifacts, memory, metadata
 from service.backend import Backend, JobHandle, JobSpec
 from service.devices import DevicePool
-from service.errors import BadRequest, InvalidConfig, JobActive, ShuttingDown, UnknownJob
+from service.errors import (BadRequest, InvalidConfig, JobActive, JobTooLarge, ShuttingDown, StoreUnavailable,
+                            UnknownJob)
 from service.events import EventChannel
 from service.settings import Settings
-from service.store import JobRecord, JobStore, StoredJob
+from service.store import JobRecord, JobStore, StoredEvent, StoredJob, StoreError
 from trainer.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
@@ -46,6 +57,20 @@ INTERRUPTED = "interrupted by server restart"
 # At shutdown SIGKILL follows SIGTERM after at most this long, so the server exits within
 # stop-grace + 5 s (the rest: reaping, the last commits, ending the streams).
 SHUTDOWN_KILL_GRACE_S = 2.0
+# How often the watcher reads a worker's memory: a step that allocates gigabytes takes longer than this.
+WATCH_INTERVAL_S = 0.5
+# Before its first event a worker is starting: importing torch and loading (or downloading) its data,
+# which takes from seconds to minutes on a loaded machine. A stall is counted from then on only after this.
+STARTUP_ALLOWANCE_S = 300.0
+# Why each field, made smaller or switched, makes a job need less memory (for job_too_large).
+REDUCE_REASONS = {
+    "hidden": "fewer or smaller layers: what is kept per step grows with the neurons",
+    "encoding": "direct keeps no input spikes over time",
+    "cell_type": "LIFCell, IFCell and SynapticCell keep the least per neuron and step",
+    "learn_beta": "off: the per-step cells keep one state less per step",
+    "learn_threshold": "off: the per-step cells keep one state less per step",
+    "network": "SpikingNet: ConvSpikingNet keeps about 60,000 values per sample and step",
+}
 
 
 @dataclass(eq=False)
@@ -57,7 +82,12 @@ class Job:
     handle: JobHandle | None = None
     task: asyncio.Task | None = None
     reaper: asyncio.Task | None = None  # waits for the process after a stop or a terminal event
+    watcher: asyncio.Task | None = None  # reads the worker's memory and notices a stall
     stop_requested: bool = False
+    failure: str | None = None  # why the server ended the job itself: the message of its error event
+    last_progress: float = 0.0  # loop time of the worker's latest event (or of its start)
+    reported: bool = False  # the worker has sent an event: it has started
+    stall_warned: bool = False  # a warning was sent for the current silence
 
 
 class JobManager:
@@ -74,6 +104,13 @@ class JobManager:
         self._kill_grace_s = settings.kill_grace_s
         self._shutdown: asyncio.Future[None] | None = None
         self.shutting_down = False
+        # What one job may use: host memory (admission of CPU jobs, and every worker's watch) and, for a
+        # GPU job, device memory; 0 where it cannot be known (then nothing is refused for it).
+        self.memory_limit = memory.cpu_job_budget(settings.job_memory_limit, settings.max_concurrent)
+        self.gpu_memory_limit = memory.gpu_job_budget(settings.job_memory_limit, settings.max_concurrent,
+                                                      devices.gpu_count)
+        log.info("memory one job may use: %s%s", memory.gib(self.memory_limit),
+                 f", {memory.gib(self.gpu_memory_limit)} on a GPU" if devices.gpu_count else "")
 
     # -- queries
 
@@ -122,8 +159,7 @@ class JobManager:
             record = item.record
             if not record.name:  # a job from before run names: it gets its default one
                 record.name = metadata.default_name(record.config, self.records())
-            job = Job(record, EventChannel(record.job_id, self._store, head_seq=item.head_seq,
-                                           finished=record.finished, metrics=self.metrics))
+            job = self._new_job(record, head_seq=item.head_seq)
             self._jobs[record.job_id] = job
             if not record.finished:  # the server stopped without ending it: its stream must end
                 self._append(job, "error", {"message": INTERRUPTED})
@@ -133,11 +169,11 @@ class JobManager:
             log.info("restored %d job(s), %d of them unfinished: marked failed (%s)", len(stored), interrupted,
                      INTERRUPTED)
 
-    def submit(self, body: Any, origin: artifacts.StartOrigin = artifacts.StartOrigin()) -> JobRecord:
-        """Validate a start request's body and queue the job; raise InvalidConfig for a bad one.
-        ``origin``: the checkpoint it starts from (``artifacts.split_start_options``, checked already)."""
-        if self.shutting_down:
-            raise ShuttingDown("the server is shutting down and accepts no new jobs; retry on its successor")
+    async def submit(self, body: Any, origin: artifacts.StartOrigin = artifacts.StartOrigin()) -> JobRecord:
+        """Validate a start request's body, admit the job by its memory and queue it once it is saved.
+        ``origin``: the checkpoint it starts from (``artifacts.split_start_options``, checked already).
+        Raises InvalidConfig, JobTooLarge, StoreUnavailable or ShuttingDown."""
+        self._check_accepting()
         body, run_info = metadata.split_start_body(body)  # name, tags, notes: not TrainConfig fields
         errors: dict[str, str] = {}
         try:
@@ -151,18 +187,50 @@ class JobManager:
         if errors:
             raise InvalidConfig(errors)
         self._devices.check(config.device)
+        estimate = self._admit(config)
         job_id = uuid.uuid4().hex[:12]
         record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, resumed_from=origin.resumed_from,
-                           init_from=origin.init_from, **run_info)
+                           init_from=origin.init_from, memory_estimate_bytes=estimate.total,
+                           memory_limit_bytes=self.memory_limit or None, **run_info)
         if not record.name:
             record.name = metadata.default_name(record.config, self.records())
-        self._store.put_job(record)
-        self._jobs[job_id] = Job(record, EventChannel(job_id, self._store, metrics=self.metrics))
+        try:
+            await self._store.put_job(record)  # acknowledged only once it would survive a crash
+        except StoreError:
+            raise StoreUnavailable("the job store cannot save anything now (the server log says why, e.g. its "
+                                   "disk is full); no job was started, retry later") from None
+        self._check_accepting()
+        self._jobs[job_id] = self._new_job(record)
         self._waiting.append(job_id)
         log.info("job %s queued: %s", job_id, config.to_dict())
         self._prune()
         self._schedule()
         return record
+
+    def _check_accepting(self) -> None:
+        if self.shutting_down:
+            raise ShuttingDown("the server is shutting down and accepts no new jobs; retry on its successor")
+
+    def _admit(self, config: TrainConfig) -> memory.MemoryEstimate:
+        """The job's memory estimate on the device it will get; JobTooLarge when over the budget."""
+        on_gpu = config.device != "cpu" and (config.device != "auto" or self._devices.gpu_count > 0)
+        device, budget = ("cuda", self.gpu_memory_limit) if on_gpu else ("cpu", self.memory_limit)
+        estimate = memory.estimate_job_memory(config, device)
+        if budget <= 0 or estimate.total <= budget:
+            return estimate
+        fields = {}
+        for name in memory.reducible_fields(config):
+            if name in ("batch_size", "timesteps"):
+                largest = memory.largest_fitting(config, device, name, budget)
+                fields[name] = (f"at most {largest} fits, the other fields as they are" if largest is not None
+                                else "smaller (even its minimum does not fit alone)")
+            else:
+                fields[name] = REDUCE_REASONS[name]
+        where = "GPU memory" if on_gpu else "memory"
+        raise JobTooLarge(
+            f"this job would need about {memory.gib(estimate.total)} of {where}, more than the "
+            f"{memory.gib(budget)} one job may use (--job-memory-limit); reduce {', '.join(fields)}",
+            estimate_bytes=estimate.total, budget_bytes=budget, estimate=estimate.as_dict(), fields=fields)
 
     def update(self, job_id: str, body: Any) -> JobRecord:
         """Change a job's name, tags or notes (any job, running or not); the record is stored at once."""
@@ -263,6 +331,8 @@ class JobManager:
                 self._append(job, "error", {"message": f"could not start the worker process: {exc}"})
                 return
             log.info("job %s started on %s", record.job_id, device)
+            job.last_progress = asyncio.get_running_loop().time()
+            job.watcher = asyncio.create_task(self._watch(job), name=f"watch-{record.job_id}")
             if job.stop_requested:
                 self._begin_stop(job)
             async for event in job.handle.events():
@@ -273,7 +343,9 @@ class JobManager:
             exit_status = await job.handle.wait()
             log.info("job %s: worker exited with code %s", record.job_id, exit_status.code)
             if not job.channel.finished:
-                if job.stop_requested:
+                if job.failure is not None:
+                    self._append(job, "error", {"message": job.failure})
+                elif job.stop_requested:
                     self._append(job, "stopped", {"epoch": record.epoch, "forced": True})
                 else:
                     self._append(job, "error", {"message": exit_status.describe()})
@@ -286,8 +358,9 @@ class JobManager:
             if not job.channel.finished:
                 self._append(job, "error", {"message": "internal server error while running the job"})
         finally:
-            if job.reaper is not None:
-                job.reaper.cancel()
+            for task in (job.reaper, job.watcher):
+                if task is not None:
+                    task.cancel()
             self._devices.release(device)
             self._active -= 1
             self._schedule()
@@ -320,7 +393,65 @@ class JobManager:
         log.warning("job %s: worker ignored SIGTERM; SIGKILL", job.record.job_id)
         handle.kill()
 
+    async def _watch(self, job: Job) -> None:
+        """While the worker lives: its resident memory against the limit, and how long it has been silent."""
+        handle, record = job.handle, job.record
+        stall_s = self._settings.stall_timeout_s
+        loop = asyncio.get_running_loop()
+        while handle.alive and not job.channel.finished:
+            await asyncio.sleep(min(WATCH_INTERVAL_S, stall_s / 4))
+            usage = self._read_memory(job)
+            if usage is not None and 0 < self.memory_limit < usage and job.failure is None:
+                self._end(job, f"exceeded its memory limit ({memory.gib(usage, round_up=True)} of {memory.gib(self.memory_limit)})")
+                return
+            silent = loop.time() - job.last_progress
+            allowed = stall_s if job.reported else max(stall_s, STARTUP_ALLOWANCE_S)
+            if silent < allowed or job.stall_warned or job.stop_requested or job.channel.finished:
+                continue
+            job.stall_warned = True
+            kill = self._settings.stall_action == "kill"
+            log.warning("job %s: no event from its worker for %.0f s%s", record.job_id, silent,
+                        "; ending it (--stall-action kill)" if kill else "")
+            self._append(job, "warning", {"kind": "stall", "message": (
+                f"no progress for {silent:.0f} s: the worker has sent no event for --stall-timeout "
+                f"{allowed:g} s" + ("; the job is ended" if kill else ""))})
+            if kill:
+                self._end(job, f"no progress for {allowed:g} s")
+                return
+
+    def _read_memory(self, job: Job) -> int | None:
+        """The worker's resident bytes now (None when unknown); keeps the record's peak up to date."""
+        pid = getattr(job.handle, "pid", None)
+        usage = memory.resident_bytes(pid) if pid is not None and job.handle.alive else None
+        if usage is None:
+            return None
+        resident, peak = usage
+        job.record.peak_rss_bytes = max(peak, job.record.peak_rss_bytes or 0)
+        return resident
+
+    def _end(self, job: Job, failure: str) -> None:
+        """End a job for the server's own reason: SIGKILL its worker; it ends failed with ``failure``."""
+        if job.failure is None:
+            job.failure = failure
+            log.warning("job %s: %s; killing its worker", job.record.job_id, failure)
+        job.stop_requested = True
+        if job.handle is not None:
+            job.handle.kill()
+
+    def _on_write_failed(self, job: Job, stored: StoredEvent, error: BaseException) -> None:
+        """An event of this job could not be saved (so it was not sent): the job cannot go on."""
+        if job.record.finished or job.failure is not None:
+            return
+        cause = getattr(error, "cause", None) or str(error)  # e.g. "OperationalError: database or disk is full"
+        self._end(job, f"its events could not be saved ({cause}); the job was stopped")
+
     # -- events
+
+    def _new_job(self, record: JobRecord, head_seq: int = 0) -> Job:
+        job = Job(record, EventChannel(record.job_id, self._store, head_seq=head_seq, finished=record.finished,
+                                       metrics=self.metrics))
+        job.channel.on_write_failed = lambda stored, error: self._on_write_failed(job, stored, error)
+        return job
 
     def _on_worker_event(self, job: Job, event: Any) -> None:
         name = event.get("event") if isinstance(event, dict) else None
@@ -331,6 +462,11 @@ class JobManager:
         if job.channel.finished:
             log.warning("job %s: %s event after the terminal event dropped", job.record.job_id, name)
             return
+        job.last_progress, job.stall_warned, job.reported = asyncio.get_running_loop().time(), False, True
+        if job.failure is not None:
+            return  # the server is ending this job: nothing it sends now can be saved or matters
+        if name in ("completed", "stopped", "error"):
+            self._read_memory(job)  # the worker is about to exit: its peak, for the record
         if name == "checkpoint":  # the file is on disk already: the record's size includes it
             job.record.disk_bytes = artifacts.disk_usage(artifacts.job_dir(self._settings, job.record.job_id))
         self._append(job, name, data)

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ class Settings:
     token: str | None = None  # bearer token every /api/ request must carry; None: no check
     insecure: bool = False  # allow a non-loopback host without a token (a proxy in front checks access)
     cors_origins: tuple[str, ...] = ()  # origins (scheme://host[:port]) whose pages may call the API; "*": any
+    job_memory_limit: int = 0  # bytes one job may use; 0: machine memory / max_concurrent (a GPU job: its GPU's)
+    stall_timeout_s: float = 600.0  # a worker silent this long gets a warning event (an epoch of MNIST: minutes)
+    stall_action: str = "warn"  # "warn": only the warning; "kill": the job also ends failed
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback and the bound address; "*": any
     header_timeout_s: float = 20.0  # a new connection must send its first request's headers this soon
     # idle time allowed between requests on a connection (and for a later request's headers): longer than
@@ -134,6 +138,21 @@ def _token(text: str) -> str:
     return token
 
 
+def _size(text: str) -> int:
+    """Bytes from "12G", "512MiB", "1.5GB" or "2147483648"; 0 means: derive it from the machine."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not match:
+        raise ValueError(f"must be a size like 8G, 512M or 0 (derive it from the machine), got {text!r}")
+    return int(float(match.group(1)) * 1024 ** "bkmgt".index(match.group(2) or "b"))
+
+
+def _stall_action(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("warn", "kill"):
+        raise ValueError("must be warn or kill")
+    return lowered
+
+
 def _origin(text: str) -> str:
     origin = text.strip().rstrip("/").lower()
     if origin == "*":
@@ -213,6 +232,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("cors_origins", "--cors-origin", _origin,
            "an origin allowed to call the API from a browser (repeatable; * allows any)", "ORIGIN",
            repeat=True, shown_default="none"),
+    Option("job_memory_limit", "--job-memory-limit", _size,
+           "memory one job may use (e.g. 8G): larger jobs are refused, a worker that grows past it is ended",
+           "SIZE", shown_default="0: the machine's memory / max-concurrent; a GPU job: its GPU's memory"),
+    Option("stall_timeout_s", "--stall-timeout", _positive_float,
+           "seconds a worker may send no event before the job gets a warning event (before its first event: "
+           "at least 300 s, for its start-up)", "S"),
+    Option("stall_action", "--stall-action", _stall_action,
+           "what a stall does besides the warning: warn (nothing more) or kill (the job ends failed)", "ACTION"),
     Option("allowed_hosts", "--allowed-host", _host_name,
            "a Host name this server answers to besides loopback names and its bound address, e.g. the "
            "proxy's name (repeatable; * allows any)", "NAME", repeat=True, shown_default="none"),

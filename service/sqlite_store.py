@@ -10,6 +10,10 @@ exports, the start-up load) run on a small pool of reader threads, each with its
 lets them read while the writer writes.
 
 Frames are stored as the exact bytes sent, so a replay is byte-identical to the live stream.
+
+A failed write (a full disk: "database or disk is full") fails its future with ``StoreError`` (``cause``
+holds SQLite's own message, which the log names) and makes the store unhealthy; the next write that
+commits makes it healthy again. ``probe()`` is such a write, for when nothing else is writing.
 """
 
 from __future__ import annotations
@@ -55,10 +59,15 @@ CREATE TABLE IF NOT EXISTS events (
     frame BLOB NOT NULL,  -- the SSE frame exactly as sent
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS probe (  -- one row, rewritten to learn whether writes succeed again
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 UPSERT_JOB = ("INSERT INTO jobs (job_id, created_at, finished, record) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (job_id) DO UPDATE SET finished = excluded.finished, record = excluded.record")
 INSERT_EVENT = "INSERT INTO events (job_id, seq, event, numbered_at, frame) VALUES (?, ?, ?, ?, ?)"
+PROBE = "INSERT INTO probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
 
 Statement = tuple[str, tuple[Any, ...]]
 T = TypeVar("T")
@@ -82,6 +91,7 @@ class SQLiteJobStore:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DATABASE_NAME
         self.healthy = False
+        self._closed = True  # until open() has loaded the history, and again from close()
         self._synchronous = synchronous
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
@@ -110,11 +120,13 @@ class SQLiteJobStore:
             await self.close()
             raise
         self.healthy = True
+        self._closed = False
         log.info("job store: %s (%d job(s))", self.path, len(jobs))
         return jobs
 
     async def close(self) -> None:
         self.healthy = False
+        self._closed = True
         if self._writer is not None:
             self._writes.put(_STOP)
             await asyncio.to_thread(self._writer.join)
@@ -158,6 +170,13 @@ class SQLiteJobStore:
 
     async def flush(self) -> None:
         await self._submit([])
+
+    async def probe(self) -> bool:
+        try:
+            await self._submit([(PROBE, (time.time(),))])
+        except StoreError:
+            return False
+        return True
 
     def _submit(self, statements: list[Statement]) -> asyncio.Future[None]:
         if self._writer is None or self._loop is None:
@@ -230,13 +249,19 @@ class SQLiteJobStore:
             if write.future.done():
                 continue
             if error is None:
+                if not self.healthy and not self._closed and write.statements:
+                    log.warning("job store %s: writes succeed again; ready for new jobs", self.path)
+                    self.healthy = True
                 write.future.set_result(None)
             else:
                 if self.healthy:
-                    log.error("job store %s: a write failed (%s); history is no longer being saved",
+                    log.error("job store %s: a write failed (%s); new jobs are refused (503) until a write "
+                              "succeeds again, and jobs whose events cannot be saved are stopped",
                               self.path, error)
                 self.healthy = False
-                write.future.set_exception(StoreError(f"could not save to {self.path}: {error}"))
+                failure = StoreError(f"could not save to {self.path}: {error}")
+                failure.cause = error  # e.g. "OperationalError: database or disk is full"
+                write.future.set_exception(failure)
 
     # -- reads (reader threads)
 
@@ -281,7 +306,13 @@ def _transaction(connection: sqlite3.Connection, statements: list[Statement]) ->
             connection.execute(sql, params)
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        # A failed COMMIT (SQLITE_FULL, SQLITE_IOERR) may have ended the transaction already; a ROLLBACK
+        # then raises "cannot rollback - no transaction is active", which would hide the real error.
+        if connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("job store: rollback after a failed write also failed: %s", exc)
         raise
 
 

@@ -44,6 +44,9 @@ class JobRecord:
     best_val_accuracy: float | None = None
     error: str | None = None  # one line, when failed
     forced: bool = False  # stopped by signals after the grace period
+    memory_estimate_bytes: int | None = None  # the admission estimate of its peak memory (service.memory)
+    memory_limit_bytes: int | None = None  # the budget it was admitted under; its worker is ended past it
+    peak_rss_bytes: int | None = None  # the worker's peak resident memory, as last read while it ran
     name: str = ""  # run metadata (service.metadata): set at start, changed by PATCH
     tags: list[str] = field(default_factory=list)
     notes: str = ""
@@ -139,11 +142,13 @@ class StoredJob:
 class StoreError(Exception):
     """The store cannot be opened or a write failed; the message says what to do about it."""
 
+    cause: str | None = None  # for a failed write: the database's own error, e.g. "database or disk is full"
+
 
 class JobStore(Protocol):
     """Writes return a future that resolves once committed (or fails with StoreError)."""
 
-    healthy: bool  # open, and no write has failed
+    healthy: bool  # open, and the latest write succeeded
 
     async def open(self) -> list[StoredJob]:
         """Open (creating it if needed) and return every job, oldest first."""
@@ -165,6 +170,9 @@ class JobStore(Protocol):
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
+
+    async def probe(self) -> bool:
+        """Try one small write now (to learn whether writes succeed again); True if it committed."""
 
     async def close(self) -> None:
         """Commit what is queued and release the store."""

@@ -20,7 +20,9 @@ Test-only fault hook: ``SNNMON_TEST_FAULT`` in the server's environment (workers
 ``hang`` ignores SIGTERM and blocks forever after its first batch event (it can neither see the stop
 Event nor die of SIGTERM); ``raise`` raises a two-line RuntimeError after its config event;
 ``checkpointkill`` SIGKILLs the worker in the middle of its second epoch's checkpoint write (the temporary
-file written, not yet renamed); a job resuming that one runs without it. Nothing in the HTTP API can set it: only whoever starts the server.
+file written, not yet renamed); a job resuming that one runs without it; ``hog`` allocates (and touches)
+64 MiB every 50 ms after its first batch event, up to ``HOG_MAX_BYTES``, then blocks (what the server's
+memory watch must end). Nothing in the HTTP API can set it: only whoever starts the server.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
 PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
 MESSAGE_LIMIT = 1000  # characters of an error message sent to clients: long enough for a fix hint with paths
+HOG_MAX_BYTES = 6 << 30  # the hog fault stops growing here, should the watch that ends it be broken
 
 
 def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
@@ -86,6 +89,13 @@ class _Emitter:
             raise RuntimeError("injected test fault (raise)\nthis second line must not reach clients")
         if self._fault == "hang" and event == "batch":
             while True:  # stuck: never returns to the loop, so never reads the stop Event
+                time.sleep(60)
+        if self._fault == "hog" and event == "batch":
+            held = []
+            while len(held) * (64 << 20) < HOG_MAX_BYTES:
+                held.append(b"\x01" * (64 << 20))  # written, so resident
+                time.sleep(0.05)
+            while True:
                 time.sleep(60)
 
 
@@ -157,6 +167,6 @@ def _kill_on_write(writes_before: int):
 def _test_fault(seed: Any) -> str | None:
     for item in os.environ.get(TEST_FAULT_ENV, "").split(","):
         fault, _, target = item.strip().partition(":")
-        if fault in ("hang", "raise", "checkpointkill") and target == str(seed):
+        if fault in ("hang", "raise", "hog", "checkpointkill") and target == str(seed):
             return fault
     return None

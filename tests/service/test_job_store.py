@@ -82,7 +82,7 @@ def test_an_event_is_committed_before_any_subscriber_sees_it(tmp_path):
     assert all(asyncio.run(scenario()))
 
 
-def test_a_failed_write_fails_alone_and_marks_the_store_unhealthy(tmp_path):
+def test_a_failed_write_fails_alone_and_health_returns_with_the_next_successful_one(tmp_path):
     async def scenario():
         store = SQLiteJobStore(tmp_path)
         await store.open()
@@ -94,15 +94,19 @@ def test_a_failed_write_fails_alone_and_marks_the_store_unhealthy(tmp_path):
         duplicate = store.append_event("j", StoredEvent.encode(1, "batch", {}), record)
         good = store.append_event("j", StoredEvent.encode(2, "batch", {}), record)
         results = await asyncio.gather(duplicate, good, return_exceptions=True)
-        healthy = store.healthy
+        failing_alone = await asyncio.gather(store.append_event("j", first, record), return_exceptions=True)
+        health = [store.healthy]
+        await store.append_event("j", StoredEvent.encode(3, "batch", {}), record)
+        health.append(store.healthy)
         await store.close()
-        return results, healthy
+        return results, failing_alone[0], health
 
-    (duplicate, good), healthy = asyncio.run(scenario())
+    (duplicate, good), failing_alone, health = asyncio.run(scenario())
     assert isinstance(duplicate, StoreError) and "could not save" in str(duplicate)
-    assert good is None and not healthy
+    assert "IntegrityError" in str(failing_alone)  # the log and the error name the real cause
+    assert good is None and health == [False, True]
     stored = _rows(tmp_path / "jobs.sqlite3", "SELECT seq, event FROM events ORDER BY seq")
-    assert stored == [(1, "config"), (2, "batch")]
+    assert stored == [(1, "config"), (2, "batch"), (3, "batch")]
 
 
 def test_delete_removes_the_record_and_every_event(tmp_path):
