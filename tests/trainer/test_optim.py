@@ -102,3 +102,16 @@ def test_grad_clip_caps_the_global_norm_and_zero_leaves_gradients_alone():
 def test_a_clipped_job_trains(monkeypatch):
     events = run(monkeypatch, grad_clip=0.5, epochs=2)
     assert events["completed"][0]["val_accuracy"] >= 0.7
+
+
+def test_a_resumed_schedule_continues_from_its_step():
+    """train() builds the scheduler after a checkpoint restore with start_step = the steps already done."""
+    config = TrainConfig(lr=LR, epochs=EPOCHS, lr_schedule="cosine", warmup_epochs=1)
+    optimizer = optim.build_optimizer(torch.nn.Linear(2, 2), config)
+    optimizer.param_groups[0]["lr"] = 123.0  # whatever a restored optimizer state held
+    start = STEPS_PER_EPOCH + 5
+    scheduler = optim.build_scheduler(optimizer, config, STEPS_PER_EPOCH, start_step=start)
+    for step in range(start, TOTAL):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected_lr("cosine", step, 1), rel=1e-12)
+        optimizer.step()
+        scheduler.step()
