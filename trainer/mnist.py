@@ -117,7 +117,10 @@ def load_idx(spec: DatasetSpec, data_dir: str | os.PathLike | None, *, allow_dow
         found = locate(root, spec)
     missing = [name for name in FILES if name not in found]
     if missing:
-        raise DatasetUnavailable(_missing_message(spec, root, missing, allow_download, download_error))
+        files = ", ".join(f"{name}[.gz]" for name in missing)
+        raise DatasetUnavailable(missing_message(
+            f"{spec.title} files not found: {files}", candidate_dirs(root, spec), spec, root, allow_download,
+            download_error, from_what=" (a folder with the .gz files)"))
     with tempfile.TemporaryDirectory(prefix="snnmon-mnist-") as scratch:
         arrays = {name: parse(name, extracted(found[name], Path(scratch)), spec) for name in FILES}
     for split in ("train", "test"):
@@ -194,17 +197,17 @@ def _check_split(split: str, images: "torch.Tensor", labels: "torch.Tensor",
             f"but {found[LABEL_FILES[split]].path} holds {labels.shape[0]} labels")
 
 
-def _missing_message(spec: DatasetSpec, root: Path, missing: list[str], allow_download: bool,
-                     download_error: str | None) -> str:
-    where = ", ".join(str(d) for d in candidate_dirs(root, spec))
-    files = ", ".join(f"{name}[.gz]" for name in missing)
-    message = f"{spec.title} files not found: {files}; looked in {where}"
+def missing_message(what: str, searched: list[Path], spec: DatasetSpec, root: Path, allow_download: bool,
+                    download_error: str | None, from_what: str = "") -> str:
+    """One line for a dataset that is not there: what is missing, where we looked, why no download
+    helped, and the command that puts it in place (shared by every dataset with files)."""
+    message = f"{what}; looked in {', '.join(str(d) for d in searched)}"
     if download_error:
         message += f"; {download_error}"
     elif not allow_download:
         message += "; downloads are off"
     return (f"{message}. Get {spec.source} and copy them there with "
-            f"`snnmon data {spec.name} --data-dir {root} --from PATH` (a folder with the .gz files)")
+            f"`snnmon data {spec.name} --data-dir {root} --from PATH`{from_what}")
 
 
 # --- `snnmon data DATASET`: prepare and verify a data directory ------------------------------------

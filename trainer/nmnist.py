@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from trainer import catalog
-from trainer.mnist import DOWNLOAD_TIMEOUT_S, DatasetUnavailable, add_directory_arguments, default_data_dir
+from trainer.mnist import (DOWNLOAD_TIMEOUT_S, DatasetUnavailable, add_directory_arguments, default_data_dir,
+                           missing_message)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -94,7 +95,9 @@ def load_nmnist(data_dir: str | os.PathLike | None, timesteps: int, *,
         found = locate(root)
     missing = [s for s in SPLIT_FOLDERS if s not in found]
     if missing:
-        raise DatasetUnavailable(_missing_message(root, missing, allow_download, download_error))
+        wanted = ", ".join(f"{SPLIT_FOLDERS[s]}/ (or {SPLIT_ARCHIVES[s][0]})" for s in missing)
+        raise DatasetUnavailable(missing_message(f"N-MNIST not found: {wanted}", candidate_dirs(root), SPEC, root,
+                                                 allow_download, download_error))
     return read_split(found["train"], timesteps), read_split(found["test"], timesteps)
 
 
@@ -217,18 +220,6 @@ def download(root: Path, splits: list[str]) -> None:
         raise DatasetUnavailable(f"download into {root / 'NMNIST'} failed: {reason}") from exc
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _missing_message(root: Path, missing: list[str], allow_download: bool, download_error: str | None) -> str:
-    wanted = ", ".join(f"{SPLIT_FOLDERS[s]}/ (or {SPLIT_ARCHIVES[s][0]})" for s in missing)
-    where = ", ".join(str(d) for d in candidate_dirs(root))
-    message = f"N-MNIST not found: {wanted}; looked in {where}"
-    if download_error:
-        message += f"; {download_error}"
-    elif not allow_download:
-        message += "; downloads are off"
-    return (f"{message}. Get {SPEC.source}, and copy them there with "
-            f"`snnmon data nmnist --data-dir {root} --from PATH`")
 
 
 # --- `snnmon data nmnist` ---------------------------------------------------------------------------
