@@ -85,7 +85,9 @@ def test_stream_follows_the_design(run):
                 "learnable_dynamics"} <= set(config["model_info"])
         assert config["config"]["hidden"] == [32] and config["seed"] == config["config"]["seed"]
         batch = events[1]["data"]
-        assert set(batch) == {"epoch", "batch", "n_batches", "loss", "accuracy", "samples_per_s"}
+        # the seed's fields, unchanged, plus the step-level ones (additive: the Studio frontend ignores them)
+        assert set(batch) == {"epoch", "batch", "n_batches", "loss", "accuracy", "samples_per_s",
+                              "step", "batch_loss", "batch_accuracy", "lr"}
         epoch = events[first_epoch]["data"]
         assert epoch["epoch"] == 0 and set(epoch["layer_spike_rates"]) == {"lifs.0", "lifs.1"}
         assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "param_snapshot",
