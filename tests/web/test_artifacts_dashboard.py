@@ -13,6 +13,9 @@ from test_dashboard import JOB_TIMEOUT_MS, open_dashboard, start_from_form, wait
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 TINY = {"dataset": "synthetic", "hidden": [16], "timesteps": 5, "batch_size": 256, "device": "cpu", "seed": 11}
+# Epochs of a few seconds: the Stop click must land after the first checkpoint (seen through the jobs poll,
+# every 2 s) and before the job ends; TINY's whole run can finish before that on a quiet machine.
+SLOW = {**TINY, "hidden": [64], "timesteps": 25, "batch_size": 8}
 
 
 def download(page, button: str, tmp_path):
@@ -27,7 +30,7 @@ def test_download_buttons_resume_and_fine_tune(page, server, tmp_path):
     open_dashboard(page, server)
     for button in ("#download-best", "#download-last", "#download-nir", "#resume-button"):
         assert page.locator(button).is_disabled()
-    job_id = start_from_form(page, {**TINY, "epochs": 4})
+    job_id = start_from_form(page, {**SLOW, "epochs": 4})
     # the first checkpoint enables the downloads (the jobs poll brings the record's artifacts)
     page.wait_for_selector("#download-best:not([disabled])", timeout=JOB_TIMEOUT_MS)
     page.click("#stop-button")
@@ -39,7 +42,7 @@ def test_download_buttons_resume_and_fine_tune(page, server, tmp_path):
     graph_file = download(page, "#download-nir", tmp_path)
     assert best.name.startswith(f"snnmon-{job_id}-best-epoch") and best.suffix == ".safetensors"
     assert last.name.startswith(f"snnmon-{job_id}-last-epoch")
-    assert load_file(last)["fcs.0.weight"].shape == (16, 784)
+    assert load_file(last)["fcs.0.weight"].shape == (64, 784)
     graph = nir.read(graph_file)
     assert isinstance(graph.nodes["lifs.0"], nir.LIF)
 
@@ -57,6 +60,6 @@ def test_download_buttons_resume_and_fine_tune(page, server, tmp_path):
     page.wait_for_selector(f"#fine-tune-job option[value='{resumed_id}']", state="attached", timeout=10_000)
     page.select_option("#fine-tune-job", resumed_id)
     page.select_option("#fine-tune-which", "last")
-    tuned_id = start_from_form(page, {**TINY, "epochs": 1})
+    tuned_id = start_from_form(page, {**SLOW, "epochs": 1})
     tuned = server.api("GET", f"/api/training/status/{tuned_id}")[1]
     assert tuned["init_from"] == {"job_id": resumed_id, "which": "last"}
