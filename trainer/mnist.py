@@ -27,7 +27,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from trainer import catalog
 from trainer.catalog import DatasetSpec
@@ -242,18 +242,27 @@ def add_directory_arguments(command: argparse.ArgumentParser) -> None:
                          help="copy the files found in PATH (or the dataset's folders under it) first")
 
 
+def copy_from_source(args: argparse.Namespace, data_dir: Path, copy: Callable[[Path, Path], object]) -> bool:
+    """``--from PATH``: copy the dataset's files from PATH into ``data_dir`` with ``copy(source, target)``;
+    False, after saying why on stderr, when PATH is no folder or the copy failed (shared by every dataset)."""
+    if args.source is None:
+        return True
+    if not args.source.is_dir():
+        print(f"error: --from {args.source} is not a folder", file=sys.stderr)
+        return False
+    try:
+        copy(args.source.expanduser(), data_dir)
+    except OSError as exc:
+        print(f"error: cannot copy into {data_dir}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def run_data_idx(args: argparse.Namespace) -> int:
     spec: DatasetSpec = args.spec
     data_dir = (args.data_dir or default_data_dir()).expanduser()
-    if args.source is not None:
-        if not args.source.is_dir():
-            print(f"error: --from {args.source} is not a folder", file=sys.stderr)
-            return 1
-        try:
-            copy_files(args.source.expanduser(), data_dir, spec)
-        except OSError as exc:
-            print(f"error: cannot copy into {data_dir}: {exc}", file=sys.stderr)
-            return 1
+    if not copy_from_source(args, data_dir, lambda source, target: copy_files(source, target, spec)):
+        return 1
     if args.download and len(locate(data_dir, spec)) < len(FILES):
         try:
             download(data_dir, spec)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from trainer import catalog
-from trainer.mnist import (DOWNLOAD_TIMEOUT_S, DatasetUnavailable, add_directory_arguments, default_data_dir,
-                           missing_message)
+from trainer.mnist import (DOWNLOAD_TIMEOUT_S, DatasetUnavailable, add_directory_arguments, copy_from_source,
+                           default_data_dir, missing_message)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -239,15 +239,8 @@ def add_data_parser(datasets: argparse._SubParsersAction) -> None:
 
 def run_data_nmnist(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or default_data_dir()).expanduser()
-    if args.source is not None:
-        if not args.source.is_dir():
-            print(f"error: --from {args.source} is not a folder", file=sys.stderr)
-            return 1
-        try:
-            copy_splits(args.source.expanduser(), data_dir)
-        except OSError as exc:
-            print(f"error: cannot copy into {data_dir}: {exc}", file=sys.stderr)
-            return 1
+    if not copy_from_source(args, data_dir, copy_splits):
+        return 1
     missing = [s for s in SPLIT_FOLDERS if s not in locate(data_dir)]
     if args.download and missing:
         try:

@@ -72,7 +72,7 @@ def _step(node: nir.NIRNode, x: np.ndarray, state: dict, dt: float, reset: str) 
         v = state.get("v", np.zeros_like(x))
         v = v + dt / node.tau_mem * (node.v_leak - v + node.r * current)
         return _fire(node, v, state, reset)
-    raise NotImplementedError(f"reference simulator has no {type(node).__name__}")
+    raise TypeError(f"reference simulator has no {type(node).__name__} node")
 
 
 def _fire(node: nir.NIRNode, v: np.ndarray, state: dict, reset: str) -> np.ndarray:
