@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
 PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
@@ -50,7 +50,26 @@ def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
     if fault == "hang":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_when_parent_dies()
-    emit = _Emitter(events, fault)
+    emit = _Emitter(events.put, fault)
+    try:
+        execute_job(spec, emit, stop_event.is_set, fault)
+    finally:
+        events.close()
+        events.join_thread()  # every event is in the pipe before the process exits
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Nothing is left to clean up, and the interpreter's teardown of torch takes a second or more:
+        # skip it, so a stopped job's process is gone right after its stopped event.
+        os._exit(0)
+
+
+def execute_job(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None],
+                should_stop: Callable[[], bool], fault: str | None = None) -> None:
+    """Set up this process for the job (threads, device) and train it; never raises.
+
+    The part every backend shares: ``run_job`` (a spawned process) and any other host of a job call it
+    with their own ``emit`` and ``should_stop``. An exception ``train`` lets through becomes an ``error``
+    event with a one-line message; the traceback goes to this process's stderr."""
     try:
         _limit_threads(spec["cpu_threads"])
         _pin_device(spec["device"])
@@ -62,29 +81,23 @@ def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
                                   init_from=spec.get("init_weights"),
                                   before_replace=_kill_on_write(3) if fault == "checkpointkill"
                                   and not spec.get("resume_dir") else None)
-        train(TrainConfig.from_dict(spec["config"]), emit, stop_event.is_set,
+        train(TrainConfig.from_dict(spec["config"]), emit, should_stop,
               device=spec["device"], data_dir=spec["data_dir"],
               allow_download=spec["allow_download"], job_id=spec["job_id"], checkpoints=checkpoints)
     except Exception as exc:  # process boundary: the server only ever sees one line
         traceback.print_exc(file=sys.stderr)
         emit("error", {"message": one_line_message(exc, spec["device"])})
-    finally:
-        events.close()
-        events.join_thread()  # every event is in the pipe before the process exits
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Nothing is left to clean up, and the interpreter's teardown of torch takes a second or more:
-        # skip it, so a stopped job's process is gone right after its stopped event.
-        os._exit(0)
 
 
 class _Emitter:
-    def __init__(self, events: Any, fault: str | None):
-        self._events = events
+    """``emit(event, data)`` that hands ``{"event", "data"}`` dicts to ``send``, applying a test fault."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], fault: str | None):
+        self._send = send
         self._fault = fault
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
-        self._events.put({"event": event, "data": data})
+        self._send({"event": event, "data": data})
         if self._fault == "raise" and event == "config":
             raise RuntimeError("injected test fault (raise)\nthis second line must not reach clients")
         if self._fault == "hang" and event == "batch":
