@@ -92,6 +92,7 @@ def _job_manager_context(backend: Backend):
             backend.warm_up()
             yield
             await manager.shutdown()
+            await backend.close()
         finally:
             await store.close()
 

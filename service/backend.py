@@ -85,6 +85,9 @@ class Backend(Protocol):
 
     async def submit(self, spec: JobSpec) -> JobHandle: ...
 
+    async def close(self) -> None:
+        """Release what the backend holds (called at server exit, after every job has ended)."""
+
 
 class ProcessHandle:
     """One worker process; created and used in the server's event-loop thread."""
@@ -199,3 +202,6 @@ class ProcessBackend:
         # dies in the middle of a message leaves an end of file, which a read cannot wait on forever.
         event_queue._writer.close()
         return ProcessHandle(process, event_queue, stop_event)
+
+    async def close(self) -> None:
+        """Nothing is held between jobs: each job's process ends with its job."""
