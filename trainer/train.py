@@ -31,7 +31,8 @@ from trainer.checkpoint import Checkpoints, TrainingState
 from trainer.config import TrainConfig
 from trainer.diagnostics import RunDiagnostics
 from trainer.models import build_model
-from trainer.optim import build_optimizer, build_scheduler, clip_gradients
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.step import build_train_step
 
 Emit = Callable[[str, dict], None]
 BATCH_EVENT_INTERVAL_S = 0.1  # at most about 10 batch events a second: enough for a live progress bar
@@ -113,6 +114,7 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
     # built after the restore, so a resumed job's schedule continues from its step; stepped once per
     # optimiser step
     scheduler = build_scheduler(optimizer, config, n_train_batches, start_step=step)
+    train_step = build_train_step(model, optimizer, config, device)
     last = {}
     try:
         for epoch in range(first_epoch, config.epochs):
@@ -127,18 +129,13 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                                                shuffle=True, generator=shuffle_gen)
             for batch_index, (images, labels) in enumerate(batches):
                 check_stop(epoch)
-                counts = model(model_input(images)).sum(0)  # [B, 10] spike counts over T
-                loss = F.cross_entropy(counts, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_gradients(model, config.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                optimizer.step()
+                loss, counts = train_step(model_input(images), labels)  # [], [B, classes] on the device
                 scheduler.step()  # the next step's rate
                 step += 1
 
                 batch_size = labels.shape[0]
-                batch_sums = torch.stack((loss.detach() * batch_size, (counts.argmax(1) == labels).sum()))
+                batch_sums = torch.stack((loss * batch_size, (counts.argmax(1) == labels).sum()))
                 window_sums += batch_sums
                 epoch_sums += batch_sums
                 window_seen += batch_size
