@@ -68,16 +68,19 @@ class CompileInterrupted(BaseException):
     torch's compiler (which turns ordinary exceptions into fallbacks) lets it through."""
 
 
-def use_cache_dir(data_dir: str | os.PathLike | None) -> Path:
-    """Point inductor's on-disk cache at ``<data_dir>/compile-cache`` (before anything compiles)."""
+def cache_dir_for(data_dir: str | os.PathLike | None) -> Path:
+    """``<data_dir>/compile-cache``, the data directory defaulting as ``snnmon`` defaults it."""
     if data_dir is None:
         from trainer.mnist import default_data_dir
 
         data_dir = default_data_dir()
-    path = Path(data_dir).expanduser() / CACHE_FOLDER
+    return Path(data_dir).expanduser() / CACHE_FOLDER
+
+
+def use_cache_dir(path: Path) -> None:
+    """Point inductor's on-disk cache at ``path``; created only when a job is about to compile."""
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # read by inductor at each cache lookup
-    return path
 
 
 def shape_key(config: TrainConfig, device: str) -> str:
@@ -101,21 +104,19 @@ class CompileRecords:
     Last write wins: two jobs finishing a compile at once may keep only one record, which costs at
     most one more estimate from the defaults."""
 
-    def __init__(self, cache_dir: Path | None):
-        self.path = cache_dir / RECORDS_FILE if cache_dir is not None else None
+    def __init__(self, cache_dir: Path):
+        self.cache_dir, self.path = cache_dir, cache_dir / RECORDS_FILE
 
     def read(self) -> dict:
         try:
             return json.loads(self.path.read_text())
-        except (AttributeError, OSError, ValueError):
+        except (OSError, ValueError):
             return {}
 
     def get(self, key: str) -> dict | None:
         return self.read().get(key)
 
     def put(self, key: str, record: dict) -> None:
-        if self.path is None:
-            return
         records = self.read()
         records[key] = record
         temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -132,6 +133,9 @@ class CompiledStep:
         self.batch_size = config.batch_size
         self.cells = list(model.spiking_layers().values())
         self.eager = EagerStep(model, optimizer, config)  # the last, smaller batch of an epoch
+        # dynamo caches compiled code per code object, with guards on the model it saw, and gives up
+        # after a few models (recompile_limit): a process that runs job after job starts afresh each time
+        torch._dynamo.reset()
         self._forward = torch.compile(self._forward_loss, dynamic=False)
         self.compile_s: float | None = None  # the first compiled call, compile included
 
@@ -161,46 +165,45 @@ class CompiledStep:
 class CompilingStep:
     """The step of a job with ``compile`` on, or auto on the CPU: eager or ``CompiledStep``, as decided.
 
-    ``report()`` says which runs, why, and how long the compile took (``None`` before it ran); the
-    decision and the compile time also go to stderr (a worker's stderr is the server's log)."""
+    ``report()`` says which runs, why, and how long the compile took (``None`` until it has run); the
+    decision and the compile time also go to stderr (a worker's stderr is the server's log). Nothing
+    of torch's compiler is imported unless the job compiles."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
                  remaining_steps: int, key: str, records: CompileRecords,
                  should_stop: Callable[[], bool] = lambda: False):
-        self.mode, self.remaining, self.key, self.records = config.compile, remaining_steps, key, records
-        self.should_stop = should_stop
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.remaining, self.key, self.records, self.should_stop = remaining_steps, key, records, should_stop
+        self.record = records.get(key)  # this server's measurements of the shape, or None
         self.eager = EagerStep(model, optimizer, config)
-        self.compiled = CompiledStep(model, optimizer, config)
-        self.record = records.get(key)  # this server's measurements for the shape, or None
-        self.eager_times: list[float] = []
-        self.compiled_times: list[float] = []  # full-batch compiled steps after the compiling one
-        self.compiled_calls = 0
+        self.compiled: CompiledStep | None = None
+        self.current: EagerStep | CompiledStep | None = None  # None while auto times eager steps
+        self.reason = ""
         self.steps = 0
-        self.current: EagerStep | CompiledStep | None = None  # None while auto is timing eager steps
-        self.reason = "compile on"
-        if self.mode == "on":
-            self.current = self.compiled
+        self.eager_times: list[float] = []  # auto's timed eager steps
+        self.compiled_times: list[float] = []  # full-batch compiled steps after the compiling one
+        if config.compile == "on":
+            self._choose("compiled", "compile on")
         elif remaining_steps <= PROBE_SKIP + PROBE_STEPS:
-            self._choose(self.eager, f"compile auto: {remaining_steps} steps are too few to win back a compile")
+            self._choose("eager", f"compile auto: {remaining_steps} steps are too few to win back a compile")
         elif self.record is None and not (config.network == "SpikingNet" and config.cell_type in MEASURED_CELLS):
-            self._choose(self.eager, f"compile auto: no measured gain for {config.network} with "
-                                     f"{config.cell_type} yet (a job with compile on measures it)")
+            self._choose("eager", f"compile auto: no measured gain for {config.network} with "
+                                  f"{config.cell_type} yet (a job with compile on measures it)")
 
     def __call__(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         self.steps += 1
         step = self.current or self.eager
+        full = labels.shape[0] == self.config.batch_size
+        compiling = step is self.compiled and step.compile_s is None and full
         started = time.perf_counter()
-        if step is self.compiled and self.compiled.compile_s is None and labels.shape[0] == step.batch_size:
-            out = self._compile(inputs, labels)
-        else:
-            out = step(inputs, labels)
+        out = self._compile(inputs, labels) if compiling else step(inputs, labels)
         elapsed = time.perf_counter() - started
         if self.current is None:
             if self.steps > PROBE_SKIP:
                 self.eager_times.append(elapsed)
             if len(self.eager_times) == PROBE_STEPS:
                 self._decide()
-        elif step is self.compiled and labels.shape[0] == self.compiled.batch_size:
+        elif step is self.compiled and full and not compiling:
             self._time_compiled(elapsed)
         return out
 
@@ -208,7 +211,8 @@ class CompilingStep:
         """{"mode", "kind": "compiled" | "eager" | "timing", "reason", "compile_s"}: the epoch event's
         ``train_step``."""
         kind = "timing" if self.current is None else "compiled" if self.current is self.compiled else "eager"
-        return {"mode": self.mode, "kind": kind, "reason": self.reason, "compile_s": self.compiled.compile_s}
+        compile_s = self.compiled.compile_s if self.compiled else None
+        return {"mode": self.config.compile, "kind": kind, "reason": self.reason, "compile_s": compile_s}
 
     def _decide(self) -> None:
         eager_s = statistics.median(self.eager_times)
@@ -218,23 +222,26 @@ class CompilingStep:
         if record.get("cold"):  # that compile filled the cache: this one reads it
             compile_s *= WARM_COMPILE_FRACTION
         remaining = self.remaining - self.steps
-        saved_s = remaining * eager_s * (1 - fraction)
-        source = "measured here before" if self.record else "defaults"
-        figures = (f"{remaining} steps x {eager_s * 1000:.2f} ms x (1 - {fraction:.2f}) = {saved_s:.1f} s saved vs "
-                   f"{compile_s:.1f} s to compile ({source})")
+        figures = (f"{remaining} steps x {eager_s * 1000:.2f} ms x (1 - {fraction:.2f}) = "
+                   f"{remaining * eager_s * (1 - fraction):.1f} s saved vs {compile_s:.1f} s to compile "
+                   f"({'as measured here before' if self.record else 'defaults'})")
         if compile_pays(remaining, eager_s, fraction, compile_s):
-            self._choose(self.compiled, f"compile auto: compiles, {figures}")
+            self._choose("compiled", f"compile auto: compiles, {figures}")
         else:
-            self._choose(self.eager, f"compile auto: stays eager, {figures}")
+            self._choose("eager", f"compile auto: stays eager, {figures}")
 
-    def _choose(self, step: EagerStep | CompiledStep, reason: str) -> None:
-        self.current, self.reason = step, reason
+    def _choose(self, kind: str, reason: str) -> None:
+        if kind == "compiled" and self.compiled is None:
+            self.compiled = CompiledStep(self.model, self.optimizer, self.config)
+        self.current = self.compiled if kind == "compiled" else self.eager
+        self.reason = reason
         print(f"train step: {reason}", file=sys.stderr, flush=True)
 
     def _compile(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """The first compiled step, cut short by a stop: a compile takes seconds to minutes, and the loop
         only checks ``should_stop`` between batches. A watcher thread polls it and interrupts the main
         thread with SIGUSR1; the interrupted batch then runs eagerly and the loop stops after it."""
+        use_cache_dir(self.records.cache_dir)
         if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
             return self.compiled(inputs, labels)
         lock, done, interrupted = threading.Lock(), threading.Event(), threading.Event()
@@ -262,32 +269,27 @@ class CompilingStep:
                     done.set()
             if interrupted.is_set():
                 time.sleep(1)  # the signal is on its way: let it land here, inside the try
+            before = "a record" if self.record else "no record"
+            print(f"train step: compiled in {self.compiled.compile_s:.1f} s ({before} of this shape before)",
+                  file=sys.stderr, flush=True)
             return out
         except CompileInterrupted:
-            self._choose(self.eager, f"{self.reason}; the compile was cut short by a stop")
+            self._choose("eager", f"{self.reason}; the compile was cut short by a stop")
             return self.eager(inputs, labels)
         finally:
             watcher.join()
             signal.signal(signal.SIGUSR1, previous)
 
     def _time_compiled(self, elapsed: float) -> None:
-        """After the compile: time a few compiled steps, then record the shape's figures once."""
-        self.compiled_calls += 1
-        if self.compiled_calls == 1:  # the call that compiled
-            before = "a record" if self.record else "no record"
-            print(f"train step: compiled in {self.compiled.compile_s:.1f} s ({before} of this shape before)",
-                  file=sys.stderr, flush=True)
-            return
+        """Time a few compiled steps after the compiling one, then record the shape's figures once."""
         if len(self.compiled_times) == COMPILED_TIMED_STEPS:
             return
         self.compiled_times.append(elapsed)
-        if len(self.compiled_times) == COMPILED_TIMED_STEPS:
-            self.records.put(self.key, self._new_record(statistics.median(self.compiled_times)))
-
-    def _new_record(self, compiled_s: float) -> dict:
-        record = {"compile_s": self.compiled.compile_s, "cold": self.record is None,
-                  "compiled_step_s": compiled_s}
+        if len(self.compiled_times) < COMPILED_TIMED_STEPS:
+            return
+        compiled_s = statistics.median(self.compiled_times)
+        record = {"compile_s": self.compiled.compile_s, "cold": self.record is None, "compiled_step_s": compiled_s}
         eager_s = statistics.median(self.eager_times) if self.eager_times else (self.record or {}).get("eager_step_s")
         if eager_s:
             record.update(eager_step_s=eager_s, compiled_fraction=min(compiled_s / eager_s, 1.0))
-        return record
+        self.records.put(self.key, record)

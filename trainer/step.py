@@ -50,8 +50,8 @@ def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config:
     if config.compile == "on" or (config.compile == "auto" and device == "cpu"):
         from trainer import compiled
 
-        cache_dir = compiled.use_cache_dir(data_dir)
         return compiled.CompilingStep(model, optimizer, config, remaining_steps=remaining_steps,
                                       key=compiled.shape_key(config, device),
-                                      records=compiled.CompileRecords(cache_dir), should_stop=should_stop)
+                                      records=compiled.CompileRecords(compiled.cache_dir_for(data_dir)),
+                                      should_stop=should_stop)
     return EagerStep(model, optimizer, config)
