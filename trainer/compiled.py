@@ -260,6 +260,7 @@ class CompilingStep:
 
         previous = signal.signal(signal.SIGUSR1, on_interrupt)
         watcher = threading.Thread(target=watch, name="compile-stop-watch", daemon=True)
+        out = None
         try:
             watcher.start()
             try:
@@ -269,16 +270,17 @@ class CompilingStep:
                     done.set()
             if interrupted.is_set():
                 time.sleep(1)  # the signal is on its way: let it land here, inside the try
-            before = "a record" if self.record else "no record"
-            print(f"train step: compiled in {self.compiled.compile_s:.1f} s ({before} of this shape before)",
-                  file=sys.stderr, flush=True)
-            return out
         except CompileInterrupted:
-            self._choose("eager", f"{self.reason}; the compile was cut short by a stop")
-            return self.eager(inputs, labels)
+            if out is None:  # cut short: this batch runs eagerly, and the loop stops after it
+                self._choose("eager", f"{self.reason}; the compile was cut short by a stop")
+                return self.eager(inputs, labels)
         finally:
             watcher.join()
             signal.signal(signal.SIGUSR1, previous)
+        before = "a record" if self.record else "no record"
+        print(f"train step: compiled in {self.compiled.compile_s:.1f} s ({before} of this shape before)",
+              file=sys.stderr, flush=True)
+        return out
 
     def _time_compiled(self, elapsed: float) -> None:
         """Time a few compiled steps after the compiling one, then record the shape's figures once."""

@@ -4,9 +4,9 @@ Reads top to bottom like nanoGPT's ``train.py``. Everything it reports goes thro
 ``emit(event, data)``, with the events and fields of the design's SSE table (config, batch, epoch,
 completed, stopped, error) plus the additive ones of issue 12: batch events carry ``step`` (optimizer
 steps so far in the job), ``batch_loss`` and ``batch_accuracy`` (means over every sample since the
-previous batch event) and ``lr``; epoch events carry ``step`` and ``layer_stats``
-(``trainer.activity``); ``warning`` events (``trainer.diagnostics``) follow an epoch event and the run
-goes on. ``should_stop()`` is checked between batches, in training and in validation. The caller (CLI
+previous batch event) and ``lr``; epoch events carry ``step``, ``layer_stats`` (``trainer.activity``)
+and ``train_step`` (eager or compiled, and why: ``trainer.compiled``); ``warning`` events
+(``trainer.diagnostics``) follow an epoch event and the run goes on. ``should_stop()`` is checked between batches, in training and in validation. The caller (CLI
 or worker process) decides where events go.
 
 No host synchronisation per batch: loss, correct counts and spike counts are summed on the device and
