@@ -20,7 +20,10 @@ graph is traced for one fixed shape (``dynamic=False``) and never recompiled. Va
 model directly under ``no_grad``, eagerly (the fused Function's forward is already cheap there).
 
 The inductor cache lives in the data directory (``<data_dir>/compile-cache``), so the jobs of one server
-compile each network shape once, and later jobs of that shape load the compiled kernels from disk.
+compile each network shape once, and later jobs of that shape load the compiled kernels from disk. The
+loop checks for a stop between batches only, so a compile polls for one and is cut short by it.
+Each epoch event's ``train_step`` (``CompilingStep.report``) says which step ran, why, and how long the
+compile took; the same goes to stderr, the server's log.
 """
 
 from __future__ import annotations
