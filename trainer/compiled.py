@@ -11,8 +11,10 @@ warm inductor cache), during which the job does not train. Hence ``compile``:
 - ``auto`` (CPU jobs; elsewhere it means eager here): the first ``PROBE_SKIP + PROBE_STEPS`` steps run
   eagerly and the last ``PROBE_STEPS`` of them are timed (their median is ``t_eager``); the job then
   compiles when ``remaining_steps x t_eager x (1 - compiled_fraction) > expected_compile_s``, i.e. when
-  the time the remaining steps would save is more than the compile is expected to take. The two
-  estimates come from this server's own measurements of the same network shape (``CompileRecords``),
+  the time the remaining steps would save is more than the compile is expected to take. The expected
+  compile is its CPU seconds times the wall seconds per CPU second this process gets right now (so a
+  busy machine, which slows the eager steps, does not make a compile look cheap). The fraction and the
+  CPU seconds come from this server's own measurements of the same network shape (``CompileRecords``),
   or from the defaults below for a shape it has never compiled.
 
 Only full batches go through the compiled graph: the epoch's last, smaller batch runs eagerly, so the
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import statistics
 import sys
@@ -50,15 +53,21 @@ CACHE_FOLDER = "compile-cache"
 RECORDS_FILE = "compile-times.json"
 PROBE_SKIP = 3  # the first eager steps warm the allocator and kernels: not timed
 PROBE_STEPS = 10  # eager steps timed before ``auto`` decides; a median of 10 shrugs off a busy moment
-# For a shape this server has not compiled yet (docs/benchmarks.md, "Compiled training step"): a cold
-# compile of the default network took 44 s on a quiet 2-core machine and over 150 s on a busy one; 60 s
-# leans towards not compiling a job that would only just pay. The compiled step of the default network
-# took 0.45 of the eager step's time (issue 14: 33,375 vs 73,882 samples/s on a quiet machine).
-DEFAULT_COMPILE_S = 60.0
+# For a shape this server has not compiled yet (docs/benchmarks.md, "The compiled training step"): a cold
+# compile of the default network took about 44 CPU seconds on a quiet 2-core machine (the older whole-
+# model compile) and 1,021 s of wall time at a load average of 20 (the whole job: 123 CPU seconds); 60
+# CPU seconds leans towards not compiling a job that would only just pay. The compiled step of the
+# default network took 0.45 of the eager step's time (issue 14: 33,375 vs 73,882 samples/s, quiet).
+DEFAULT_COMPILE_CPU_S = 60.0
 DEFAULT_COMPILED_FRACTION = 0.45
-# A compile that finds the shape's kernels in the cache still traces the graph: 4.5 s warm vs 44 s cold
-# on a quiet machine, 47 s vs 166 s on a busy one (docs/benchmarks.md); 0.3 errs towards eager.
+# A compile that finds the shape's kernels in the cache still traces the graph: the tiny test network
+# took 148 s warm vs 345 s cold on the busy machine; 0.3 errs towards eager.
 WARM_COMPILE_FRACTION = 0.3
+# A compile is mostly single-threaded Python, and on a shared machine it gets a share of a core: the
+# wall time it will take is its CPU time times the wall seconds per CPU second of a small Python loop
+# run just before deciding (1 on an idle core, 20 when the process gets 5% of one).
+SHARE_PROBE_LOOP = 100_000
+SHARE_PROBE_ROUNDS = 10
 # The defaults above were measured on SpikingNet with these cells (one membrane, the fused Function's
 # family); auto compiles anything else only after a job with compile on has measured its shape.
 MEASURED_CELLS = ("LIFCell", "IFCell", "LapicqueCell")
@@ -93,6 +102,20 @@ def shape_key(config: TrainConfig, device: str) -> str:
     parts = [f"{name}={getattr(config, name)}" for name in fields]
     return ",".join([*parts, f"device={device.split(':')[0]}", f"threads={torch.get_num_threads()}",
                      f"torch={torch.__version__}"])
+
+
+def wall_per_cpu_second() -> float:
+    """Wall-clock seconds per CPU second this process gets now, from a short pure-Python loop."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(SHARE_PROBE_ROUNDS):  # about 25 ms of CPU time: longer than a scheduler's time slice
+        sum(range(SHARE_PROBE_LOOP))
+    return max(1.0, (time.perf_counter() - wall) / max(time.process_time() - cpu, 1e-6))
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (inductor's C++ compiler runs)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def compile_pays(remaining_steps: int, eager_step_s: float, compiled_fraction: float,
@@ -141,6 +164,7 @@ class CompiledStep:
         torch._dynamo.reset()
         self._forward = torch.compile(self._forward_loss, dynamic=False)
         self.compile_s: float | None = None  # the first compiled call, compile included
+        self.compile_cpu_s: float | None = None  # its CPU seconds, C++ compiler runs included
 
     def _forward_loss(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         counts = self.model(inputs).sum(0)  # [B, classes] spike counts over T
@@ -150,7 +174,7 @@ class CompiledStep:
     def __call__(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if labels.shape[0] != self.batch_size:
             return self.eager(inputs, labels)
-        started = time.perf_counter() if self.compile_s is None else None
+        started, cpu_started = (time.perf_counter(), cpu_seconds()) if self.compile_s is None else (None, None)
         loss, counts, spike_counts = self._forward(inputs, labels)
         samples = self.model.timesteps * labels.shape[0]  # T x B per neuron
         for cell, cell_counts in zip(self.cells, spike_counts):  # as SpikingCell.forward leaves them
@@ -161,7 +185,7 @@ class CompiledStep:
         clip_gradients(self.model, self.grad_clip)
         self.optimizer.step()
         if started is not None:
-            self.compile_s = time.perf_counter() - started
+            self.compile_s, self.compile_cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_started
         return loss.detach(), counts.detach()
 
 
@@ -221,12 +245,15 @@ class CompilingStep:
         eager_s = statistics.median(self.eager_times)
         record = self.record or {}
         fraction = record.get("compiled_fraction", DEFAULT_COMPILED_FRACTION)
-        compile_s = record.get("compile_s", DEFAULT_COMPILE_S)
+        compile_cpu_s = record.get("compile_cpu_s", DEFAULT_COMPILE_CPU_S)
         if record.get("cold"):  # that compile filled the cache: this one reads it
-            compile_s *= WARM_COMPILE_FRACTION
+            compile_cpu_s *= WARM_COMPILE_FRACTION
+        share = wall_per_cpu_second()
+        compile_s = compile_cpu_s * share
         remaining = self.remaining - self.steps
         figures = (f"{remaining} steps x {eager_s * 1000:.2f} ms x (1 - {fraction:.2f}) = "
-                   f"{remaining * eager_s * (1 - fraction):.1f} s saved vs {compile_s:.1f} s to compile "
+                   f"{remaining * eager_s * (1 - fraction):.1f} s saved vs {compile_cpu_s:.1f} CPU s x "
+                   f"{share:.1f} = {compile_s:.1f} s to compile "
                    f"({'as measured here before' if self.record else 'defaults'})")
         if compile_pays(remaining, eager_s, fraction, compile_s):
             self._choose("compiled", f"compile auto: compiles, {figures}")
@@ -281,7 +308,8 @@ class CompilingStep:
             watcher.join()
             signal.signal(signal.SIGUSR1, previous)
         before = "a record" if self.record else "no record"
-        print(f"train step: compiled in {self.compiled.compile_s:.1f} s ({before} of this shape before)",
+        print(f"train step: compiled in {self.compiled.compile_s:.1f} s, {self.compiled.compile_cpu_s:.1f} CPU s "
+              f"({before} of this shape before)",
               file=sys.stderr, flush=True)
         return out
 
@@ -293,7 +321,8 @@ class CompilingStep:
         if len(self.compiled_times) < COMPILED_TIMED_STEPS:
             return
         compiled_s = statistics.median(self.compiled_times)
-        record = {"compile_s": self.compiled.compile_s, "cold": self.record is None, "compiled_step_s": compiled_s}
+        record = {"compile_s": self.compiled.compile_s, "compile_cpu_s": self.compiled.compile_cpu_s,
+                  "cold": self.record is None, "compiled_step_s": compiled_s}
         eager_s = statistics.median(self.eager_times) if self.eager_times else (self.record or {}).get("eager_step_s")
         if eager_s:
             record.update(eager_step_s=eager_s, compiled_fraction=min(compiled_s / eager_s, 1.0))

@@ -53,6 +53,7 @@ def test_auto_compiles_when_the_remaining_steps_win_back_the_compile():
     assert not compiled.compile_pays(1_000, 0.002, 0.45, 60.0)
     assert compiled.compile_pays(100_000, 0.002, 0.45, 60.0)
     assert not compiled.compile_pays(100_000, 0.002, 1.0, 60.0)  # a compiled step no faster: never
+    assert compiled.wall_per_cpu_second() >= 1.0  # what scales the compile's CPU seconds to wall time
 
 
 def run_steps(step, config, n):
@@ -92,7 +93,8 @@ def test_auto_uses_what_this_server_measured_for_the_shape(tmp_path):
     records = compiled.CompileRecords(compiled.cache_dir_for(tmp_path))
     records.cache_dir.mkdir()
     # measured here: the compiled step is no faster for this shape, so no job length pays for a compile
-    records.put(compiled.shape_key(config, "cpu"), {"compile_s": 5.0, "cold": False, "compiled_fraction": 1.0})
+    records.put(compiled.shape_key(config, "cpu"), {"compile_s": 5.0, "compile_cpu_s": 5.0, "cold": False,
+                                                     "compiled_fraction": 1.0})
     step = build_train_step(*model_and_optimizer(config), config, "cpu", remaining_steps=10**9, data_dir=tmp_path)
     report = run_steps(step, config, compiled.PROBE_SKIP + compiled.PROBE_STEPS)
     assert report["kind"] == "eager" and "as measured here before" in report["reason"]
@@ -160,6 +162,7 @@ def test_a_second_job_of_the_same_shape_compiles_faster_from_the_data_dir_cache(
     records = json.loads((tmp_path / "compile-cache" / compiled.RECORDS_FILE).read_text())
     (record,) = records.values()
     assert record["cold"] is False and record["compiled_step_s"] > 0  # the second job's measurement
+    assert 0 < record["compile_cpu_s"]
 
 
 def test_a_stop_during_a_compile_ends_the_job_without_waiting_for_it(tmp_path, capfd):
