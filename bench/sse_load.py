@@ -42,6 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 READY_LINE = re.compile(r"snnmon: serving on http://([\d.]+):(\d+)")
 NUMBERED = re.compile(r"numbered job=(\w+) seq=(\d+) event=(\w+) t=([\d.]+)(?: mono=[\d.]+ emitted=([\d.]+|nan))?")
+PUBLISHED = re.compile(r"published job=(\w+) seq=(\d+) t=([\d.]+)(?: subscribers=(\d+) fan_out_ms=([\d.]+))?")
 # A numbered frame as the server writes it (orjson puts "event" first); heartbeats and comments have no id.
 FRAME = re.compile(rb'id: (\d+)\ndata: {"event":"(\w+)"[^\n]*\n\n')
 CONNECT_AT_ONCE = 100  # connections opened concurrently (aiohttp's listen backlog is 128)
@@ -402,7 +403,16 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
     results = await loop.run_in_executor(None, clients.results, 120)
     skipped = await metric(server, "snnmon_batch_events_skipped_total")
 
-    numbered = numbered_events(server.log_text())
+    log_text = server.log_text()
+    numbered = numbered_events(log_text)
+    found = PUBLISHED.findall(log_text)
+    published = {(job, int(seq)): float(t) for job, seq, t, _, _ in found}
+    # one fan-out per group of events published together: count each group once, with all subscribers on
+    fan_outs = list({(job, t): float(ms) for job, seq, t, subs, ms in found
+                     if ms and job in job_ids and int(subs) >= subscribers // jobs}.values())
+    commits = [published[(job, seq)] - numbered_at for job in job_ids
+               for seq, (_, numbered_at, _) in numbered[job].items()
+               if numbered_at >= connected_at + SETTLE_S and (job, seq) in published]
     latencies, emit_latencies, per_event_worst = [], [], {}
     delivered, lost, not_ended = 0, 0, 0
     for index, (seqs, names, wall, mono, ended, head_at) in enumerate(results):
@@ -433,6 +443,9 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
         "frames_delivered": delivered, "lost_events": lost, "streams_not_ended": not_ended,
         "batch_events_skipped": skipped,
         "latency_ms": {"p50": ms(latencies, 0.5), "p99": ms(latencies, 0.99), "max": ms(latencies, 1.0)},
+        "numbered_to_published_ms": {"p50": ms(commits, 0.5), "p99": ms(commits, 0.99), "max": ms(commits, 1.0)},
+        "fan_out_ms": ({"p50": round(percentile(fan_outs, 0.5), 2), "p99": round(percentile(fan_outs, 0.99), 2),
+                        "max": round(percentile(fan_outs, 1.0), 2), "count": len(fan_outs)} if fan_outs else None),
         "every_client_latency_ms": {"p50": ms(worst, 0.5), "p99": ms(worst, 0.99), "max": ms(worst, 1.0)},
         "emit_latency_ms": ({"p50": ms(emit_latencies, 0.5), "p99": ms(emit_latencies, 0.99),
                              "max": ms(emit_latencies, 1.0)} if emit_latencies else None),

@@ -172,16 +172,19 @@ class EventChannel:
         self.published_seq = ready[-1].seq
         self.ended = ready[-1].terminal
         self.published_at = asyncio.get_running_loop().time()
-        if log.isEnabledFor(logging.DEBUG):
-            now = time.time()
-            for stored in ready:
-                log.debug("published job=%s seq=%d t=%.6f", self.job_id, stored.seq, now)
         if self.metrics is not None:
             for stored in ready:
                 self.metrics.event_published(stored.event)
+        published_at, started = time.time(), time.perf_counter()
         batch = FrameBatch(ready)
-        for subscriber in tuple(self._subscribers):
+        subscribers = tuple(self._subscribers)
+        for subscriber in subscribers:
             subscriber.offer_batch(batch)
+        if log.isEnabledFor(logging.DEBUG):  # the load benchmark's perf counters (bench/sse_load.py)
+            fan_out_ms = 1000 * (time.perf_counter() - started)
+            for stored in ready:
+                log.debug("published job=%s seq=%d t=%.6f subscribers=%d fan_out_ms=%.3f", self.job_id,
+                          stored.seq, published_at, len(subscribers), fan_out_ms)
 
     def _break(self, stored: StoredEvent, error: BaseException) -> None:
         self.broken = True
