@@ -108,6 +108,13 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def cpu_s(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the server process has used."""
+        import psutil
+
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user, times.system
+
     def rss(self) -> int:
         import psutil
 
@@ -395,7 +402,9 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
     samples: list[int] = []
     stop_sampling = asyncio.Event()
     sampler = asyncio.create_task(_sample_rss(server, samples, stop_sampling))
+    cpu_before = server.cpu_s()
     await asyncio.sleep(live_s)
+    cpu_after = server.cpu_s()
     stop_sampling.set()
     await sampler
     for job_id in job_ids:
@@ -449,6 +458,8 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
         "every_client_latency_ms": {"p50": ms(worst, 0.5), "p99": ms(worst, 0.99), "max": ms(worst, 1.0)},
         "emit_latency_ms": ({"p50": ms(emit_latencies, 0.5), "p99": ms(emit_latencies, 0.99),
                              "max": ms(emit_latencies, 1.0)} if emit_latencies else None),
+        "server_cpu_s_during_live": {"user": round(cpu_after[0] - cpu_before[0], 2),
+                                     "system": round(cpu_after[1] - cpu_before[1], 2)},
         "rss_baseline_mib": round(baseline / 2**20, 1),
         "rss_peak_growth_mib": round((max(samples) - baseline) / 2**20, 1),
         "kib_per_subscriber": round((max(samples) - baseline) / 1024 / total, 1),
@@ -506,6 +517,7 @@ def profile_summary(path: Path, top: int = 25) -> str:
     out = io.StringIO()
     stats = pstats.Stats(str(path), stream=out)
     stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_callees("_fan_out|offer_batch|TransportSink.write|_pump")
     return out.getvalue()
 
 

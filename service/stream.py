@@ -46,6 +46,11 @@ class FrameStreamResponse(EventSourceResponse):
     def __init__(self, *, send_timeout: float, ping_interval: float):
         super().__init__(send_timeout=send_timeout, ping_interval=ping_interval, sep="\n")
         self.frame_timeout = send_timeout
+        self._writer: AbstractStreamWriter | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        self._writer = await super().prepare(request)
+        return self._writer
 
     async def send_frame(self, frame: bytes, request: web.Request) -> None:
         await self.send_frames((frame,), request)
@@ -55,6 +60,12 @@ class FrameStreamResponse(EventSourceResponse):
         try:
             async with asyncio.timeout(self.frame_timeout):
                 await self.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                # aiohttp drains after every 64 KiB it wrote itself; the sink's writes bypass its count, so
+                # wait here whenever the socket is above its high-water mark: a stalled client's buffer
+                # stays bounded and its frames queue (and batch events drop) in its subscriber
+                protocol = getattr(self._writer, "protocol", None)
+                if protocol is not None and protocol.writing_paused:
+                    await self._writer.drain()
         except TimeoutError:
             # a stalled peer never drains its buffer: drop it rather than wait on it
             self.stop_streaming()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import weakref
 from types import SimpleNamespace
 from typing import AsyncIterator
@@ -255,3 +256,48 @@ def _unchunk(body: bytes) -> tuple[bytes, bytes]:
         out.append(body[end + 2:end + 2 + size])
         assert body[end + 2 + size:end + 4 + size] == b"\r\n"
         pos = end + 4 + size
+
+
+def test_a_stalled_client_holds_a_bounded_buffer_and_skips_batch_events(tmp_path):
+    """A client that never reads, small socket buffers at both ends: the server's socket fills, the sink
+    stops writing, the task waits on the drain, and what the server holds for it stays bounded."""
+    async def scenario():
+        async with _channel(tmp_path) as (channel, record):
+            channel.append("config", {}, record)
+            await channel.wait_published()
+            app = _stream_app(channel)
+            server = TestServer(app)
+            await server.start_server()
+            try:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+                await asyncio.get_running_loop().sock_sendall(
+                    sock, b"GET /api/training/stream/job1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                while channel.subscriber_count == 0:
+                    await asyncio.sleep(0.01)
+                (subscriber,) = app[stream.OPEN_STREAMS]
+                # loopback would otherwise grow the kernel's send buffer to megabytes before the socket fills
+                server_socket = subscriber.sink._protocol.transport.get_extra_info("socket")
+                server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                padding = "x" * 1000
+                largest_buffer = 0
+                for i in range(2000):  # 2 MB of batch events, a few at a time, as a job sends them
+                    channel.append("batch", {"i": i, "pad": padding}, record)
+                    if i % 10 == 9:
+                        await channel.wait_published()
+                        await asyncio.sleep(0)
+                        largest_buffer = max(largest_buffer,
+                                             subscriber.sink._protocol.transport.get_write_buffer_size())
+                channel.append("epoch", {"epoch": 0}, record)
+                await channel.wait_published()
+                sock.close()
+                return largest_buffer, subscriber.dropped
+            finally:
+                await server.close()
+
+    largest_buffer, dropped = asyncio.run(scenario())
+    assert dropped > 1000  # most of the 2 MB never left the server: its batch events were skipped
+    # the transport's 64 KiB high-water mark plus what one write put over it (the events here are 1 KB)
+    assert largest_buffer <= 64 * 1024 + 32 * 1024
