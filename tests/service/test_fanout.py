@@ -204,7 +204,7 @@ def test_the_terminal_event_through_the_sink_ends_the_subscriber(tmp_path):
 def _stream_app(channel: EventChannel) -> web.Application:
     """The real stream routes; the job manager is the only stand-in (it hands out the one channel)."""
     app = web.Application()
-    app[api.SETTINGS] = SimpleNamespace(subscriber_buffer=64, send_timeout_s=5.0, heartbeat_s=15.0)
+    app[api.SETTINGS] = SimpleNamespace(subscriber_buffer=64, send_timeout_s=60.0, heartbeat_s=15.0)
     app[api.JOB_MANAGER] = SimpleNamespace(channel=lambda job_id: channel)
     app[stream.OPEN_STREAMS] = weakref.WeakSet()
     app.add_routes(stream.routes())
@@ -268,8 +268,8 @@ def test_a_stalled_client_holds_a_bounded_buffer_and_skips_batch_events(tmp_path
             app = _stream_app(channel)
             server = TestServer(app)
             await server.start_server()
+            sock = socket.socket()
             try:
-                sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.setblocking(False)
                 await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
@@ -278,9 +278,9 @@ def test_a_stalled_client_holds_a_bounded_buffer_and_skips_batch_events(tmp_path
                 while channel.subscriber_count == 0:
                     await asyncio.sleep(0.01)
                 (subscriber,) = app[stream.OPEN_STREAMS]
+                transport = subscriber.sink._protocol.transport
                 # loopback would otherwise grow the kernel's send buffer to megabytes before the socket fills
-                server_socket = subscriber.sink._protocol.transport.get_extra_info("socket")
-                server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
                 padding = "x" * 1000
                 largest_buffer = 0
                 for i in range(2000):  # 2 MB of batch events, a few at a time, as a job sends them
@@ -288,16 +288,16 @@ def test_a_stalled_client_holds_a_bounded_buffer_and_skips_batch_events(tmp_path
                     if i % 10 == 9:
                         await channel.wait_published()
                         await asyncio.sleep(0)
-                        largest_buffer = max(largest_buffer,
-                                             subscriber.sink._protocol.transport.get_write_buffer_size())
+                        largest_buffer = max(largest_buffer, transport.get_write_buffer_size())
                 channel.append("epoch", {"epoch": 0}, record)
                 await channel.wait_published()
-                sock.close()
-                return largest_buffer, subscriber.dropped
+                return largest_buffer, subscriber.dropped, transport.is_closing()
             finally:
+                sock.close()
                 await server.close()
 
-    largest_buffer, dropped = asyncio.run(scenario())
+    largest_buffer, dropped, dropped_client = asyncio.run(scenario())
+    assert not dropped_client  # slow, not gone: --send-timeout (60 s here) has not passed
     assert dropped > 1000  # most of the 2 MB never left the server: its batch events were skipped
     # the transport's 64 KiB high-water mark plus what one write put over it (the events here are 1 KB)
     assert largest_buffer <= 64 * 1024 + 32 * 1024
