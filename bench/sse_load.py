@@ -138,6 +138,8 @@ async def _request(server: Server, method: str, path: str, body: Any = None) -> 
                  f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
     raw = await reader.read()
     writer.close()
+    if not raw:
+        raise ConnectionError(f"{method} {path}: the server closed the connection without an answer")
     head, _, content = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if b"chunked" in head.lower():
