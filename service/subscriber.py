@@ -58,6 +58,7 @@ class Subscriber:
             events = []
             while (event := self._take()) is not None:
                 events.append(event)
+                self._cursor = event.seq  # so _take drops a live repeat of what was just taken
             if events:
                 self._hand_out(events[-1])
                 self._holding = self.sink is not None
