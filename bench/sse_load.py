@@ -15,7 +15,8 @@ the server's. Latency of an event to a client is measured twice: from the server
 log line ``numbered ... t=`` against the client's ``time.time()`` when it parsed the frame), and from
 the worker's emit (``emitted=``, the worker's ``time.monotonic()``, against the client's; one machine,
 so one clock). Only events numbered after every client had connected count (the rest were replayed).
-A stalled client connects with a 4 KiB receive buffer and never reads, so the server's socket fills.
+A stalled client connects with a 4 KiB receive buffer and never reads (on loopback the kernel still
+takes megabytes into the server's send buffer before the server's socket counts as full).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from service import api, stream
 from service.events import EventChannel, FrameBatch
 from service.sqlite_store import SQLiteJobStore
-from service.store import JobRecord, StoredEvent
+from service.store import JobRecord
 
 pytestmark = pytest.mark.timeout(30)
 
