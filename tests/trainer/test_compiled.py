@@ -57,7 +57,7 @@ def test_auto_compiles_when_the_remaining_steps_win_back_the_compile():
 
 
 def run_steps(step, config, n):
-    for index, (inputs, labels) in enumerate(batches(config, config.batch_size * n)):
+    for inputs, labels in batches(config, config.batch_size * n):
         step(inputs, labels)
     return step.report()
 
