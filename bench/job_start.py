@@ -129,24 +129,26 @@ def breakdown() -> None:
 
     from trainer import worker
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     worker.prepare_for_jobs()
-    print(f"prepare_for_jobs (before the job arrives): {time.perf_counter() - started:.2f} s")
+    print(f"prepare_for_jobs (before the job arrives): {time.perf_counter() - started:.2f} s wall, "
+          f"{time.process_time() - cpu:.2f} s CPU")
     config_at = {}
     profile = cProfile.Profile()
 
     def emit(event, data):
         if event == "config":
             profile.disable()  # the profile ends at the config event
-        config_at.setdefault(event, time.perf_counter())
+        config_at.setdefault(event, (time.perf_counter(), time.process_time()))
 
     spec = {"job_id": "bench", "config": {**JOB, "seed": 1}, "device": "cpu", "cpu_threads": 1,
             "data_dir": None, "allow_download": False}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     profile.enable()
     worker.execute_job(spec, emit, should_stop=lambda: "config" in config_at)
-    print(f"job arrived -> config event: {config_at['config'] - started:.3f} s (1 CPU thread, as with "
-          "--max-concurrent 2 on 2 cores)")
+    wall_at, cpu_at = config_at["config"]
+    print(f"job arrived -> config event: {wall_at - started:.3f} s wall, {cpu_at - cpu:.3f} s CPU (1 thread, "
+          f"as with --max-concurrent 2 on 2 cores); load average {os.getloadavg()[0]:.1f}")
     pstats.Stats(profile).sort_stats("cumulative").print_stats(r"trainer/(data|models|optim|train|worker)", 15)
 
 

@@ -172,7 +172,8 @@ def one_line_message(exc: BaseException, device: str) -> str:
 
 
 def _limit_threads(threads: int) -> None:
-    # Before torch is imported, so its OpenMP pool starts at this size; set_num_threads makes sure.
+    # Before torch is imported, so its OpenMP pool starts at this size; set_num_threads makes sure (and
+    # is all that counts in a pre-started worker, which imported torch before its job arrived).
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     import torch
