@@ -8,6 +8,7 @@ arrived (``trainer.worker``), which is how these tests tell them apart.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -18,6 +19,7 @@ import aiohttp
 import psutil
 import pytest
 
+from service.settings import add_serve_parser, settings_from
 from snnmon_client import idle_worker_pids, read_stream, small_job, start_job, wait_gone, worker_pids
 
 pytestmark = pytest.mark.timeout(300)
@@ -39,7 +41,7 @@ async def _warm(server, ready: int) -> set[int]:
     deadline = time.monotonic() + WARM_TIMEOUT_S
     while True:
         idle = idle_worker_pids(server.pid)
-        if len(idle) == ready and not worker_pids(server.pid):
+        if len(idle) >= ready and not worker_pids(server.pid):
             return idle
         assert time.monotonic() < deadline, f"not warm after {WARM_TIMEOUT_S} s: {idle}\n{server.log_text()[-2000:]}"
         await asyncio.sleep(0.1)
@@ -65,6 +67,20 @@ async def _stop(session, server, job_id: str) -> None:
 
 def _ready_slots() -> int:
     return min(SLOTS, _cores())
+
+
+def test_the_pre_started_workers_follow_the_slots_at_most_one_per_core_and_can_be_turned_off():
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+
+    def workers(*argv: str, environ=None) -> int:
+        return settings_from(parser.parse_args(["serve", *argv]), environ or {}).prestarted_workers()
+
+    assert workers("--max-concurrent", "1") == 1
+    assert workers("--max-concurrent", "64") == _cores()  # a core each: their start-up is seconds of CPU
+    assert workers("--max-concurrent", "2", "--no-prestart") == 0
+    assert workers("--max-concurrent", "2", environ={"SNNMON_PRESTART": "false"}) == 0
+    assert workers("--prestart", environ={"SNNMON_PRESTART": "false"}) == min(2, _cores())  # the flag wins
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +134,7 @@ def test_an_idle_worker_that_is_killed_is_replaced_and_logged_and_the_next_job_r
             victim = min(idle)
             psutil.Process(victim).send_signal(signal.SIGKILL)
             await wait_gone({victim}, timeout=10)  # reaped by the server
-            replaced = await _warm(server, _ready_slots())
+            replaced = await _warm(server, _ready_slots())  # the victim's slot has a ready worker again
             job_id = await start_job(session, server.base_url, **small_job(seed=31, epochs=1))
             stream = await read_stream(session, f"{server.base_url}/api/training/stream/{job_id}")
             return victim, replaced, stream.events
