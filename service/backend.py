@@ -9,6 +9,8 @@ process running ``trainer.worker.run_job``, which makes itself a process-group l
 the group reaches anything it started. Events arrive on an ``mp.Queue``; the loop watches the queue's
 reader fd and the process sentinel with ``add_reader``, so no thread polls per job. When the sentinel
 fires, the queue is drained before the process is joined (a worker blocked on a full pipe never exits).
+With pre-starting on (the default), the process was started before its job (``service.prestarted``):
+the same process, queue and Event, handed the job's spec through a pipe instead of its arguments.
 """
 
 from __future__ import annotations
@@ -215,6 +217,7 @@ class ProcessBackend:
                 handle = ProcessHandle(*taken, self._job_exited)
         if handle is not None:
             self._early_deaths = 0
+            log.debug("job %s: in pre-started worker %d", spec.job_id, handle.pid)
         else:
             handle = self._spawn_job(ctx, spec)
         self._live_jobs += 1
