@@ -3,8 +3,8 @@
 Starts two ``snnmon serve`` processes on this machine, one with ``--prestart`` (the default: a worker
 per free slot started ahead) and one with ``--no-prestart`` (a fresh process spawned per job, as before
 issue 15), each with its default flags otherwise. Each round starts one default job (the synthetic set,
-784→128→10 LIF, T=25, one epoch) on each server, alternating which goes first, and stops it once its
-config event has arrived. Before every start the bench waits until both servers are warm: no job
+784→128→10 LIF, T=25, one epoch, on the CPU) on each server, alternating which goes first, and stops it
+once its config event has arrived. Before every start the bench waits until both servers are warm: no job
 running and, with ``--prestart``, every pre-started worker ready (named ``snnmon-idle``).
 
     .venv/bin/python bench/job_start.py [--rounds 5]
@@ -33,7 +33,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 READY_LINE = re.compile(r"snnmon: serving on (http://\S+)")
-JOB = {"dataset": "synthetic", "epochs": 1}  # everything else the defaults: 784→128→10 LIF, T=25, batch 64
+JOB = {"dataset": "synthetic", "epochs": 1, "device": "cpu"}  # the rest default: 784→128→10 LIF, T=25, batch 64
 WARM_TIMEOUT_S = 120  # a pre-started worker imports torch: seconds, more on a loaded machine
 
 
