@@ -74,7 +74,8 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app.on_response_prepare.append(_remember_started)
     if origins is not None:
         app.on_response_prepare.append(origins.add_headers)
-    app.cleanup_ctx.append(_job_manager_context(backend or ProcessBackend()))
+    app.cleanup_ctx.append(_job_manager_context(
+        backend or ProcessBackend(slots=settings.max_concurrent, prestart=settings.prestarted_workers())))
     app.on_shutdown.append(shut_down_jobs)
     app.on_shutdown.append(stream.end_open_streams)
     return app
