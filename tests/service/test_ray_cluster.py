@@ -3,7 +3,8 @@ that runs nothing and two nodes with one CPU and one (fake) GPU each, so one job
 
 Two jobs land on different nodes and their records say which; a third waits ``queued`` until a node
 has room; removing one node while its job runs ends that job ``failed`` naming the lost node, while the
-job on the other node completes and the queued one then runs there. Also: ``--backend ray`` without Ray
+job on the other node completes and the queued one then runs there. A node without the MNIST files
+fails its job with the trainer's missing-files message. Also: ``--backend ray`` without Ray
 installed exits 2 with the install command, and each job's actor asks Ray for the job's resources.
 """
 
@@ -44,9 +45,26 @@ def backend_flags(cluster):
     return ("--backend", "ray", "--ray-address", cluster[0].address)
 
 
-def test_jobs_spread_over_nodes_queue_for_room_and_survive_a_lost_node(server_factory, cluster):
+@pytest.fixture(scope="module")
+def server(server_factory):
+    return server_factory("--cpu-threads", "1", "--max-concurrent", "3", "--stop-grace", "1",
+                          "--no-allow-download")
+
+
+def test_a_job_on_a_node_without_the_mnist_files_fails_with_the_missing_files_message(server):
+    async def scenario():
+        async with aiohttp.ClientSession() as session:
+            job_id = await start_job(session, server.base_url, **small_job(dataset="mnist", device="cpu"))
+            return await wait_for_status(session, server.base_url, job_id, lambda s: s in ("failed", "completed"),
+                                         timeout=90)
+
+    record = asyncio.run(scenario())
+    assert record["status"] == "failed" and record["node"] is not None
+    assert "MNIST files not found" in record["error"] and str(server.data_dir) in record["error"]
+
+
+def test_jobs_spread_over_nodes_queue_for_room_and_survive_a_lost_node(server, cluster):
     ray_cluster_, nodes = cluster
-    server = server_factory("--cpu-threads", "1", "--max-concurrent", "3", "--stop-grace", "1")
     url = server.base_url
 
     async def scenario():
