@@ -116,8 +116,15 @@ def run_backend(name: str, jobs: int) -> tuple[list[float], list[float]]:
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
         from ray.cluster_utils import Cluster
 
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 2, "object_store_memory": 100 << 20, "include_dashboard": False})
+        for attempt in range(3):  # Ray gives a node 30 s to start: not always enough on a loaded machine
+            try:
+                cluster = Cluster(initialize_head=True, head_node_args={
+                    "num_cpus": 2, "object_store_memory": 100 << 20, "include_dashboard": False})
+                break
+            except Exception as exc:
+                print(f"ray cluster did not start ({exc}); retrying", file=sys.stderr)
+        else:
+            raise SystemExit("ray cluster did not start three times")
         flags += ["--ray-address", cluster.address]
     with tempfile.TemporaryDirectory() as tmp:
         process, base_url = start_server(Path(tmp), flags)
@@ -136,7 +143,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("process", "ray", "both"), default="both")
     args = parser.parse_args()
     names = ("process", "ray") if args.backend == "both" else (args.backend,)
-    print(f"{args.jobs} jobs per backend, one at a time: {JOB}")
+    print(f"{args.jobs} jobs per backend, one at a time: {JOB}; load average {os.getloadavg()[0]:.1f}")
     print("| backend | start: POST -> config, median (p95) | event: emit -> client, median (p95), n |")
     print("| --- | --- | --- |")
     for name in names:

@@ -15,8 +15,9 @@ killed (``ray.kill``), so its resources (GPU memory) go back to the cluster and 
 
 Node side (the actor): ``JobActor.run`` trains in a thread with ``trainer.worker.execute_job`` and yields
 the events as they come, a list of those waiting at each yield (one object per batch of events, not per
-event, when the trainer is fast), with what the actor writes to stderr (the server's log gets it). ``request_stop`` sets the flag ``should_stop`` reads; it runs
-concurrently with ``run`` (``max_concurrency=2``). The test-only fault hook (``SNNMON_TEST_FAULT``)
+event, when the trainer is fast), with what the actor writes to stderr (for the server's log).
+``request_stop`` sets the flag ``should_stop`` reads; it runs concurrently with ``run``
+(``max_concurrency=2``). The test-only fault hook (``SNNMON_TEST_FAULT``)
 reaches the actor through its runtime environment, like a spawned worker's inherited environment.
 """
 

@@ -200,7 +200,8 @@ def ray_actor_pids() -> set[int]:
 
     pids = set()
     for process in psutil.process_iter(["name", "status"]):
-        if (process.info["name"] or "").startswith("ray::JobActor") and process.info["status"] != psutil.STATUS_ZOMBIE:
+        name, status = process.info["name"] or "", process.info["status"]
+        if name.startswith("ray::JobActor") and status != psutil.STATUS_ZOMBIE:
             pids.add(process.pid)
     return pids
 

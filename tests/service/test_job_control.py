@@ -158,7 +158,8 @@ def test_the_concurrency_limit_queues_jobs_and_starts_them_in_order(server):
     async def scenario():
         async with aiohttp.ClientSession() as session:
             url = server.base_url
-            await wait_gone(server.job_pids(), timeout=10, reaped=server.reaps_workers)  # earlier tests' slots are free
+            # earlier tests' slots are free
+            await wait_gone(server.job_pids(), timeout=10, reaped=server.reaps_workers)
             a, b, c, d = [await start_job(session, url, **small_job(seed=300 + i, **LONG)) for i in range(4)]
             statuses = {job: (await get_json(session, f"{url}/api/training/status/{job}"))[1]["status"]
                         for job in (a, b, c, d)}
