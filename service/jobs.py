@@ -59,6 +59,8 @@ INTERRUPTED = "interrupted by server restart"
 SHUTDOWN_KILL_GRACE_S = 2.0
 # How often the watcher reads a worker's memory: a step that allocates gigabytes takes longer than this.
 WATCH_INTERVAL_S = 0.5
+# How often a job waiting for its backend to place it (Ray) is looked at: queued while the cluster is full.
+PLACEMENT_CHECK_S = 0.5
 # Before its first event a worker is starting: importing torch and loading (or downloading) its data,
 # which takes from seconds to minutes on a loaded machine. A stall is counted from then on only after this.
 STARTUP_ALLOWANCE_S = 300.0
@@ -375,12 +377,14 @@ class JobManager:
         if placed is None:
             return
         record = job.record
-        if not placed.done() and record.status == "starting" and getattr(job.handle, "waits_for_resources", True):
-            self._save(record, status="queued")
-            log.info("job %s waits for free resources on the cluster", record.job_id)
         if job.stop_requested:
             self._begin_stop(job)
-        node = await placed
+        while not placed.done():  # the handle looks at the cluster's free resources meanwhile
+            if record.status == "starting" and getattr(job.handle, "waits_for_resources", True):
+                self._save(record, status="queued")
+                log.info("job %s waits for free resources on the cluster", record.job_id)
+            await asyncio.wait([placed], timeout=PLACEMENT_CHECK_S)
+        node = placed.result()
         if node is None:
             return  # stopped or died before it was placed: its events say so
         changes = {"node": node, "device": getattr(job.handle, "device", record.device)}

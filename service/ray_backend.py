@@ -31,7 +31,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from service.backend import JobSpec
 
@@ -42,6 +42,7 @@ INSTALL_HINT = "pip install 'snn-training-monitor[ray]'"
 EVENTS_PER_ITEM = 256
 # Where this checkout's packages live: put first on an actor's PYTHONPATH, so a node on this machine runs
 # this code (a node elsewhere, where the path does not exist, uses its own installed package).
+ROOM_CHECK_S = 0.5  # how often a job not yet placed looks at the cluster's free resources
 SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
 PASSED_ENV = ("SNNMON_TEST_FAULT", "SNNMON_DATA_DIR")  # the server's variables an actor also gets
 
@@ -146,7 +147,7 @@ def actor_options(spec: JobSpec) -> dict[str, Any]:
     if not on_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""  # Ray leaves every GPU visible to an actor with num_gpus=0
     return {"num_cpus": spec.cpu_threads, "num_gpus": 1 if on_gpu else 0, "max_concurrency": 2,
-            "max_restarts": 0, "name": f"snnmon-job-{spec.job_id}", "runtime_env": {"env_vars": env}}
+            "max_restarts": 0, "runtime_env": {"env_vars": env}}
 
 
 def actor_spec(spec: JobSpec) -> dict[str, Any]:
@@ -162,9 +163,11 @@ class RayJobHandle:
 
     pid = None  # the actor's process may be on another machine: the server does not watch its memory
 
-    def __init__(self, ray: Any, actor: Any, spec: JobSpec):
+    def __init__(self, ray: Any, new_actor: Callable[[], Any], spec: JobSpec, options: dict[str, Any]):
         self._ray = ray
-        self._actor = actor
+        self._new_actor = new_actor
+        self._actor = new_actor()
+        self._spec = spec
         self._job_id = spec.job_id
         loop = asyncio.get_running_loop()
         self._received: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -174,10 +177,9 @@ class RayJobHandle:
         self.node_ip: str | None = None
         self.device: str = spec.device  # on a node: cuda:0 is the GPU Ray gave it (the record names it)
         self._killed = False  # ended by the server: ray.kill after a stop
-        self.waits_for_resources = False  # the cluster had no room for it when it was submitted
-        where = actor.where.remote()
-        stream = actor.run.options(num_returns="streaming").remote(actor_spec(spec))
-        self._pump_task = loop.create_task(self._pump(where, stream), name=f"ray-{spec.job_id}")
+        self.waits_for_resources = False  # not placed yet, and the cluster has no room for it now
+        self._pump_task = loop.create_task(self._pump(), name=f"ray-{spec.job_id}")
+        self._room_task = loop.create_task(self._look_for_room(options), name=f"ray-room-{spec.job_id}")
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while (item := await self._received.get()) is not None:
@@ -208,16 +210,39 @@ class RayJobHandle:
     async def wait(self) -> ActorExit:
         return await asyncio.shield(self._exited)
 
-    async def _pump(self, where: Any, stream: Any) -> None:
+    async def _look_for_room(self, options: dict[str, Any]) -> None:
+        """Until the actor is placed: whether the cluster has its resources free (Ray's view lags a little)."""
+        loop = asyncio.get_running_loop()
+        while not self.placed.done():
+            fits = await loop.run_in_executor(None, _fits_now, self._ray, options)
+            self.waits_for_resources = not fits and not self.placed.done()
+            await asyncio.wait([self.placed], timeout=ROOM_CHECK_S)
+        self.waits_for_resources = False
+
+    async def _placement(self) -> dict[str, Any]:
+        """Where the actor runs, once Ray has placed it. An actor lost before it ran anything (Ray had
+        queued it on a node that went away) is asked for again: the job has not started."""
+        while True:
+            try:
+                return await self._actor.where.remote()
+            except Exception as exc:
+                if self._killed or self.placed.done():
+                    raise
+                log.warning("job %s: its Ray actor was lost before it was placed (%s); asking Ray again",
+                            self._job_id, _one_line(exc))
+                self._actor = self._new_actor()
+
+    async def _pump(self) -> None:
         status = ActorExit(0)
         try:
-            placement = await where
+            placement = await self._placement()
             self.node, self.node_ip = placement["node_id"], placement["ip"]
             if self.device.startswith("cuda") and placement["gpu_ids"]:
                 self.device = f"cuda:{placement['gpu_ids'][0]}"
             log.info("job %s: Ray actor placed on node %s (%s), pid %s", self._job_id, self.node, self.node_ip,
                      placement["pid"])
             self.placed.set_result(self.node)
+            stream = self._actor.run.options(num_returns="streaming").remote(actor_spec(self._spec))
             async for ref in stream:
                 for item in await ref:
                     if "stderr" in item:
@@ -250,7 +275,10 @@ class RayJobHandle:
 def _fits_now(ray: Any, options: dict[str, Any]) -> bool:
     """Whether the cluster has the actor's CPUs and GPUs free now (summed over nodes, as Ray reports them):
     if not, the job waits for Ray to place it, and shows ``queued`` meanwhile."""
-    free = ray.available_resources()
+    try:
+        free = ray.available_resources()
+    except Exception:  # the cluster cannot say now: do not call the job queued
+        return True
     return free.get("CPU", 0) >= options["num_cpus"] and free.get("GPU", 0) >= options["num_gpus"]
 
 
@@ -302,11 +330,7 @@ class RayBackend:
     async def submit(self, spec: JobSpec) -> RayJobHandle:
         ray = await self._ray()
         options = actor_options(spec)
-        fits = await asyncio.get_running_loop().run_in_executor(None, _fits_now, ray, options)
-        actor = self._actor_class.options(**options).remote()
-        handle = RayJobHandle(ray, actor, spec)
-        handle.waits_for_resources = not fits
-        return handle
+        return RayJobHandle(ray, lambda: self._actor_class.options(**options).remote(), spec, options)
 
     async def close(self) -> None:
         if self._connected is None:
