@@ -97,7 +97,7 @@ class _Emitter:
         self._fault = fault
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
-        self._send({"event": event, "data": data})
+        self._send({"event": event, "data": data, "emitted_at": time.monotonic()})  # latency, server log
         if self._fault == "raise" and event == "config":
             raise RuntimeError("injected test fault (raise)\nthis second line must not reach clients")
         if self._fault == "hang" and event == "batch":
