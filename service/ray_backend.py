@@ -242,12 +242,16 @@ class RayJobHandle:
             log.info("job %s: Ray actor placed on node %s (%s), pid %s", self._job_id, self.node, self.node_ip,
                      placement["pid"])
             self.placed.set_result(self.node)
+            # an event's emitted_at is the actor's time.monotonic(): comparable only on this machine
+            same_host = placement["ip"] == self._ray.util.get_node_ip_address()
             stream = self._actor.run.options(num_returns="streaming").remote(actor_spec(self._spec))
             async for ref in stream:
                 for item in await ref:
                     if "stderr" in item:
                         sys.stderr.write(item["stderr"])
                     else:
+                        if not same_host:
+                            item.pop("emitted_at", None)
                         self._received.put_nowait(item)
         except Exception as exc:  # the actor died: killed by us, its worker crashed, or its node was lost
             status = ActorExit(None, await self._death_reason(exc))
