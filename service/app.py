@@ -86,7 +86,7 @@ def make_backend(settings: Settings) -> Backend:
         from service.ray_backend import RayBackend
 
         return RayBackend(settings.ray_address)
-    return ProcessBackend()
+    return ProcessBackend(slots=settings.max_concurrent, prestart=settings.prestarted_workers())
 
 
 def _job_manager_context(backend: Backend):
