@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine: `make run` and `make test`.
-# `make run` installs only what serving needs; `make test` adds the test and benchmark extras, Debian's
+# `make run` installs only what serving needs; `make test` adds the test, benchmark and Ray extras, Debian's
 # Chromium (browser tests) and nginx (deploy/nginx.conf is tested through it).
 # Each step is guarded by a stamp file so the second call is quick.
 
@@ -24,7 +24,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(RUN_STAMP)
-	$(BIN)/pip install -q -e '.[test,bench,nmnist]'
+	$(BIN)/pip install -q -e '.[test,bench,nmnist,ray]'
 	touch $@
 
 # What serving needs: the packages and the dashboard's npm libraries.

@@ -74,11 +74,19 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app.on_response_prepare.append(_remember_started)
     if origins is not None:
         app.on_response_prepare.append(origins.add_headers)
-    app.cleanup_ctx.append(_job_manager_context(
-        backend or ProcessBackend(slots=settings.max_concurrent, prestart=settings.prestarted_workers())))
+    app.cleanup_ctx.append(_job_manager_context(backend or make_backend(settings)))
     app.on_shutdown.append(shut_down_jobs)
     app.on_shutdown.append(stream.end_open_streams)
     return app
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend ``--backend`` names (Ray is imported only once the Ray backend connects)."""
+    if settings.backend == "ray":
+        from service.ray_backend import RayBackend
+
+        return RayBackend(settings.ray_address)
+    return ProcessBackend(slots=settings.max_concurrent, prestart=settings.prestarted_workers())
 
 
 def _job_manager_context(backend: Backend):
@@ -86,7 +94,9 @@ def _job_manager_context(backend: Backend):
         store = app[api.STORE]
         stored = await store.open()  # StoreError: the server says why and does not start
         try:
-            devices = DevicePool(visible_gpu_count())
+            # a backend that runs jobs elsewhere (Ray) counts the GPUs there; it connects to do so
+            count_gpus = getattr(backend, "gpu_count", None)
+            devices = DevicePool(await count_gpus() if count_gpus is not None else visible_gpu_count())
             log.info("devices: %d GPU(s) visible%s", devices.gpu_count,
                      "" if devices.gpu_count else "; jobs run on the CPU")
             manager = JobManager(app[api.SETTINGS], store, backend, devices, metrics=app[METRICS])

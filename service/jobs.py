@@ -59,6 +59,8 @@ INTERRUPTED = "interrupted by server restart"
 SHUTDOWN_KILL_GRACE_S = 2.0
 # How often the watcher reads a worker's memory: a step that allocates gigabytes takes longer than this.
 WATCH_INTERVAL_S = 0.5
+# How often a job waiting for its backend to place it (Ray) is looked at: queued while the cluster is full.
+PLACEMENT_CHECK_S = 0.5
 # Before its first event a worker is starting: importing torch and loading (or downloading) its data,
 # which takes from seconds to minutes on a loaded machine. A stall is counted from then on only after this.
 STARTUP_ALLOWANCE_S = 300.0
@@ -191,7 +193,8 @@ class JobManager:
         job_id = uuid.uuid4().hex[:12]
         record = JobRecord(job_id, config.to_dict(), epochs=config.epochs, resumed_from=origin.resumed_from,
                            init_from=origin.init_from, memory_estimate_bytes=estimate.total,
-                           memory_limit_bytes=self.memory_limit or None, **run_info)
+                           memory_limit_bytes=self.memory_limit or None, backend=self._settings.backend,
+                           **run_info)
         if not record.name:
             record.name = metadata.default_name(record.config, self.records())
         try:
@@ -253,7 +256,7 @@ class JobManager:
         if record.finished or job.stop_requested:
             return record
         job.stop_requested = True
-        if record.status == "queued":
+        if job_id in self._waiting:  # queued here (a job queued on a cluster has its handle: stopped below)
             self._waiting.remove(job_id)
             self._append(job, "stopped", {"epoch": None, "forced": False})
             log.info("job %s cancelled while queued", job_id)
@@ -330,6 +333,7 @@ class JobManager:
                 log.exception("job %s: could not start its worker", record.job_id)
                 self._append(job, "error", {"message": f"could not start the worker process: {exc}"})
                 return
+            await self._wait_for_placement(job)
             log.info("job %s started on %s", record.job_id, device)
             job.last_progress = asyncio.get_running_loop().time()
             job.watcher = asyncio.create_task(self._watch(job), name=f"watch-{record.job_id}")
@@ -364,6 +368,29 @@ class JobManager:
             self._devices.release(device)
             self._active -= 1
             self._schedule()
+
+    async def _wait_for_placement(self, job: Job) -> None:
+        """A handle with ``placed`` (Ray) may wait for free resources on its cluster: the job shows
+        ``queued`` meanwhile (``waits_for_resources``), and its record names the node (and the device
+        there) once placed."""
+        placed = getattr(job.handle, "placed", None)
+        if placed is None:
+            return
+        record = job.record
+        if job.stop_requested:
+            self._begin_stop(job)
+        while not placed.done():  # the handle looks at the cluster's free resources meanwhile
+            if record.status == "starting" and getattr(job.handle, "waits_for_resources", True):
+                self._save(record, status="queued")
+                log.info("job %s waits for free resources on the cluster", record.job_id)
+            await asyncio.wait([placed], timeout=PLACEMENT_CHECK_S)
+        node = placed.result()
+        if node is None:
+            return  # stopped or died before it was placed: its events say so
+        changes = {"node": node, "device": getattr(job.handle, "device", record.device)}
+        if record.status == "queued":
+            changes["status"] = "starting"
+        self._save(record, **changes)
 
     def _checkpoint_paths(self, record: JobRecord) -> dict[str, str | None]:
         """The worker's checkpoint folder, and what it starts from (paths of other jobs' files)."""

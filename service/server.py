@@ -69,9 +69,11 @@ async def _serve(settings: Settings) -> int:
                          shutdown_timeout=HANDLER_SHUTDOWN_S, keepalive_timeout=settings.keepalive_timeout_s,
                          lingering_time=min(10.0, settings.body_timeout_s),
                          logger=redact.ProtocolLogger(logging.getLogger("aiohttp.server")))
+    from service.ray_backend import RayUnavailable  # Ray itself is imported only by the Ray backend
+
     try:
         await runner.setup()
-    except StoreError as exc:
+    except (StoreError, RayUnavailable) as exc:
         log.error("%s", exc)
         return 1
     if settings.token is None and not is_loopback(settings.host):

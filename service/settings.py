@@ -55,6 +55,8 @@ class Settings:
     metrics_open: bool = False  # /metrics without the token (a scraper on a private network)
     log_format: str = "plain"  # "json": one JSON object a line, for log collectors
     prestart: bool = True  # a worker per free job slot (at most one per core) started ahead: a job starts in < 1 s
+    backend: str = "process"  # "process": a spawned process per job here; "ray": a Ray actor per job on a cluster
+    ray_address: str | None = None  # the Ray cluster (auto, ray://host:port, host:port); None: a local instance
 
     def resolved_data_dir(self) -> Path:
         """The data directory: ``data_dir``, else the trainer's default (``$SNNMON_DATA_DIR``, XDG)."""
@@ -138,6 +140,20 @@ def _log_format(text: str) -> str:
     if lowered not in ("plain", "json"):
         raise ValueError("must be plain or json")
     return lowered
+
+
+def _backend(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("process", "ray"):
+        raise ValueError("must be process or ray")
+    return lowered
+
+
+def _ray_address(text: str) -> str:
+    address = text.strip()
+    if not address or any(ch.isspace() for ch in address):
+        raise ValueError(f"must be auto, ray://host:port or host:port, got {text!r}")
+    return address
 
 
 def _token(text: str) -> str:
@@ -269,6 +285,12 @@ OPTIONS: tuple[Option, ...] = (
            "keep a worker process started ahead (torch imported, nothing of a job) for each free job slot, "
            "at most one per core, so a job starts in under a second; each serves one job and holds about "
            "0.65 GiB while it waits"),
+    Option("backend", "--backend", _backend,
+           "where jobs run: process (a worker process per job on this machine) or ray (a Ray actor per job "
+           "on a cluster; needs the ray extra)", "BACKEND"),
+    Option("ray_address", "--ray-address", _ray_address,
+           "with --backend ray: the cluster to use (auto, ray://host:port or host:port)", "ADDRESS",
+           shown_default="none: start a local Ray instance"),
 )
 
 
@@ -350,6 +372,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"snnmon serve: error: {problem}", file=sys.stderr)
         return 2
+    if settings.backend == "ray":
+        from service.ray_backend import INSTALL_HINT, ray_installed
+
+        if not ray_installed():
+            print(f"snnmon serve: error: --backend ray needs Ray, which is not installed: {INSTALL_HINT}",
+                  file=sys.stderr)
+            return 2
     from service import server
 
     return server.serve(settings)

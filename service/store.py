@@ -55,6 +55,8 @@ class JobRecord:
     disk_bytes: int = 0  # the job's checkpoint folder in the data directory
     resumed_from: str | None = None  # the job this one continues (start option resume_from)
     init_from: dict[str, str] | None = None  # {"job_id", "which"}: the weights this job started from
+    backend: str = "process"  # what ran it: "process" (a worker process on the server's machine) or "ray"
+    node: str | None = None  # the Ray node id of the node that ran it (Ray backend only), set once placed
 
     @property
     def finished(self) -> bool:

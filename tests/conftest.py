@@ -27,7 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent / "service"))  # snnmon_client, for tests/e2e too
 READY_LINE = re.compile(r"snnmon: serving on (http://\S+)")
-START_TIMEOUT_S = 30  # imports and binding; torch is imported later, in the background
+START_TIMEOUT_S = 60  # imports and binding (and connecting to Ray); torch is imported later, in the background
 
 
 @dataclass
@@ -36,10 +36,22 @@ class ServerProcess:
     process: subprocess.Popen
     log_path: Path
     data_dir: Path | None = None
+    backend: str = "process"  # what runs its jobs: "process" or "ray" (--backend)
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def reaps_workers(self) -> bool:
+        """Whether its job processes are its own children (the process backend), which it reaps."""
+        return self.backend == "process"
+
+    def job_pids(self) -> set[int]:
+        """The processes running its jobs now: its worker children, or the Ray actors' processes."""
+        from snnmon_client import ray_actor_pids, worker_pids
+
+        return worker_pids(self.pid) if self.backend == "process" else ray_actor_pids()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -68,7 +80,8 @@ def start_server(log_path: Path, *flags: str, env: dict[str, str] | None = None)
     while time.monotonic() < deadline:
         match = READY_LINE.search(log_path.read_text(errors="replace"))
         if match:
-            return ServerProcess(match.group(1), process, log_path, data_dir)
+            backend = flags[flags.index("--backend") + 1] if "--backend" in flags else "process"
+            return ServerProcess(match.group(1), process, log_path, data_dir, backend)
         if process.poll() is not None:
             break
         time.sleep(0.05)
@@ -78,12 +91,20 @@ def start_server(log_path: Path, *flags: str, env: dict[str, str] | None = None)
 
 
 @pytest.fixture(scope="module")
-def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+def backend_flags() -> tuple[str, ...]:
+    """Flags every server of a module gets to choose its job backend: none here (the process backend).
+    The contract tests import the parametrised one from tests/service/backends.py (process and ray)."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def server_factory(tmp_path_factory: pytest.TempPathFactory,
+                   backend_flags: tuple[str, ...]) -> Iterator[Callable[..., ServerProcess]]:
     servers: list[ServerProcess] = []
 
     def factory(*flags: str, env: dict[str, str] | None = None) -> ServerProcess:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
-        server = start_server(log_path, *flags, env=env)
+        server = start_server(log_path, *backend_flags, *flags, env=env)
         servers.append(server)
         return server
 

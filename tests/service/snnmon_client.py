@@ -202,6 +202,19 @@ def _children_named(server_pid: int, name: str) -> set[int]:
     return pids
 
 
+def ray_actor_pids() -> set[int]:
+    """The live processes of this machine's Ray actors that run jobs (``service.ray_backend.JobActor``;
+    Ray names an actor's process after its class). Exited ones, not yet reaped by Ray, do not count."""
+    import psutil
+
+    pids = set()
+    for process in psutil.process_iter(["name", "status"]):
+        name, status = process.info["name"] or "", process.info["status"]
+        if name.startswith("ray::JobActor") and status != psutil.STATUS_ZOMBIE:
+            pids.add(process.pid)
+    return pids
+
+
 async def wait_gone(pids: set[int], timeout: float, *, reaped: bool = True) -> float:
     """Seconds until none of ``pids`` runs any more. ``reaped``: exited and reaped by the server (a
     zombie still counts); otherwise a zombie counts as gone (an orphan's reaper may be slow or absent)."""

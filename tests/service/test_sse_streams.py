@@ -13,6 +13,7 @@ import time
 import aiohttp
 import pytest
 
+from backends import backend_flags  # noqa: F401  (every test here runs on both backends)
 from snnmon_client import (TERMINAL, Frame, SSEParser, get_json, read_stream, small_job, start_job)
 
 pytestmark = pytest.mark.timeout(180)
