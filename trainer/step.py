@@ -42,4 +42,8 @@ class EagerStep:
 def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
                      device: str) -> TrainStep:
     """The step this job runs: the eager one (faster paths plug in here, chosen per device and config)."""
+    from trainer import graphed  # builds on EagerStep, so imported here rather than at the top
+
+    if graphed.supports(optimizer, device):  # CUDA and Adam/AdamW: the whole step as one CUDA graph
+        return graphed.GraphedStep(model, optimizer, config, device)
     return EagerStep(model, optimizer, config)
