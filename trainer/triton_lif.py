@@ -11,8 +11,8 @@ the launches). Per timestep, for the program's neurons:
                dL/dbeta = sum_t g_{t+1} u_t + g_0 v_0,  u_t = h_t + th (1 - s_t) the membrane after reset
                dL/dth = -sum_t (d_t + beta g_{t+1} s_t)
 
-The two scalar gradients are summed per program into a ``[2, programs]`` buffer and then by torch: a
-fixed order, so a run is reproducible (no atomics). The surrogate's pseudo-derivative f' is computed in
+The two scalar gradients are left per neuron in a ``[2, N]`` buffer and summed by torch: a fixed
+order, so a run is reproducible (no atomics). The surrogate's pseudo-derivative f' is computed in
 the backward kernel for every surrogate in ``trainer.surrogates`` (its constant folded as in that module).
 
 ``tests/trainer/test_triton_lif.py`` runs these kernels under ``TRITON_INTERPRET=1`` on the CPU against
@@ -31,6 +31,7 @@ from torch import Tensor
 # trainer.surrogates' names -> the branch of _pseudo_derivative (a compile-time constant)
 SURROGATE_CODES = {"atan_surrogate": 0, "fast_sigmoid": 1, "superspike": 2, "sigmoid_surrogate": 3,
                    "straight_through": 4, "triangular": 5}
+HALF_PI = tl.constexpr(math.pi / 2)  # a constexpr global: the only kind a compiled kernel may read
 SMALL_LAYER = 1 << 16  # neurons (B x layer size) below which blocks of 128 keep more of the GPU busy
 
 
@@ -44,7 +45,7 @@ def supports(current: Tensor, spike_fn) -> bool:
 def _pseudo_derivative(x, param, SURROGATE: tl.constexpr):
     """f'(x) of trainer.surrogates, the same expressions (param: alpha, slope, beta or width)."""
     if SURROGATE == 0:  # atan: (alpha / 2) / (1 + (pi alpha x / 2)^2)
-        scaled = x * (param * (math.pi / 2))
+        scaled = x * (param * HALF_PI)
         out = (param / 2) / (1 + scaled * scaled)
     elif SURROGATE == 1:  # fast sigmoid: slope / (1 + slope |x|)^2
         denominator = 1 + param * tl.abs(x)
@@ -92,8 +93,7 @@ def _lif_forward_kernel(current_ptr, current_t_stride, v0_ptr, beta_ptr, thresho
 def _lif_backward_kernel(grad_spikes_ptr, grad_t_stride, h_ptr, v0_ptr, beta_ptr, threshold_ptr,
                          grad_current_ptr, grad_v0_ptr, partials_ptr, param, T, N, last_grad_offset, last_offset,
                          HAS_BETA: tl.constexpr, SURROGATE: tl.constexpr, BLOCK: tl.constexpr):
-    program = tl.program_id(0)
-    offsets = program.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < N
     threshold = tl.load(threshold_ptr)
     if HAS_BETA:
@@ -121,9 +121,9 @@ def _lif_backward_kernel(grad_spikes_ptr, grad_t_stride, h_ptr, v0_ptr, beta_ptr
     v0 = tl.load(v0_ptr + offsets, mask=mask, other=0.0)
     beta_sum += grad_next * v0  # g_0 v_0
     tl.store(grad_v0_ptr + offsets, beta * grad_next, mask=mask)
-    programs = tl.num_programs(0)
-    tl.store(partials_ptr + program, tl.sum(beta_sum, axis=0))
-    tl.store(partials_ptr + programs + program, -tl.sum(threshold_sum, axis=0))
+    # per neuron, summed by torch (a block reduction here crashed LLVM's optimiser in triton 3.8, sm_90)
+    tl.store(partials_ptr + offsets, beta_sum, mask=mask)
+    tl.store(partials_ptr + N + offsets, -threshold_sum, mask=mask)
 
 
 def _block(n: int) -> int:
@@ -169,7 +169,7 @@ def lif_backward(grad_spikes: Tensor, h: Tensor, v0: Tensor, beta: Tensor | None
     programs = triton.cdiv(n, block)
     grad_current = torch.empty_like(h)
     grad_v0 = torch.empty(h.shape[1:], device=h.device, dtype=torch.float32)
-    partials = torch.empty((2, programs), device=h.device, dtype=torch.float32)  # per program: beta, th
+    partials = torch.empty((2, n), device=h.device, dtype=torch.float32)  # per neuron: dL/dbeta, dL/dth
     _lif_backward_kernel[(programs,)](
         grad_spikes, t_stride, h, v0.contiguous(), _scalar(beta, h), _scalar(threshold, h),
         grad_current, grad_v0, partials, float(spike_fn.param), steps, n, (steps - 1) * t_stride, (steps - 1) * n,
