@@ -87,7 +87,8 @@ class GraphedStep:
         self.static_labels.copy_(labels)
         for lr, group in zip(self.lrs, self.optimizer.param_groups):
             lr.fill_(group["lr"])  # this step's rate, as the scheduler set it
-        self.graph.replay()
+        with torch.cuda.device(self.device):  # the graph's GPU, whichever is current in this process
+            self.graph.replay()
         for cell, (counts, rate) in zip(self.cells, self.cell_outputs):
             cell.last_spike_counts, cell.last_spike_rate = counts, rate
         # copies: the static outputs are overwritten by the next replay, the caller may still hold these
@@ -96,7 +97,7 @@ class GraphedStep:
     def _side_stream_step(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         stream = self.side_stream = self.side_stream or torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), self._capturable():
+        with torch.cuda.device(self.device), torch.cuda.stream(stream), self._capturable():
             out = self.eager(inputs, labels)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         return out
@@ -117,7 +118,8 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)  # gradients allocated inside the graph, at fixed addresses
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with self._capturable(), self._tensor_lr(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with (torch.cuda.device(self.device), self._capturable(), self._tensor_lr(),
+              torch.cuda.graph(graph, capture_error_mode="thread_local")):
             counts = self.model(self.static_inputs).sum(0)  # [B, classes]
             loss = F.cross_entropy(counts, self.static_labels)
             loss.backward()
