@@ -75,7 +75,7 @@ def _forward_loop(current: Tensor, v0: Tensor, beta: Tensor | None, threshold: T
         if beta is None:
             v.add_(current[t])
         else:
-            v.mul_(beta).add_(current[t])  # v = beta v + I
+            v.mul_(beta).add_(current[t])  # v = beta v + I, rounded twice as the Triton kernel does
         torch.sub(v, threshold, out=h[t])
         torch.gt(h[t], 0, out=spikes[t])
         v.addcmul_(spikes[t], threshold, value=-1.0)  # reset

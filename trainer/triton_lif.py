@@ -32,7 +32,10 @@ from torch import Tensor
 SURROGATE_CODES = {"atan_surrogate": 0, "fast_sigmoid": 1, "superspike": 2, "sigmoid_surrogate": 3,
                    "straight_through": 4, "triangular": 5}
 HALF_PI = tl.constexpr(math.pi / 2)  # a constexpr global: the only kind a compiled kernel may read
-SMALL_LAYER = 1 << 16  # neurons (B x layer size) below which blocks of 128 keep more of the GPU busy
+SMALL_LAYER = 1 << 16
+# No fused multiply-add: beta v + I rounded twice, as torch's separate mul and add (trainer.fused's loop)
+# do, so the kernels' spikes equal the loop's exactly; the kernels are memory-bound, the FMA saves nothing.
+LAUNCH_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}  # neurons (B x layer size) below which blocks of 128 keep more of the GPU busy
 
 
 def supports(current: Tensor, spike_fn) -> bool:
@@ -155,7 +158,7 @@ def lif_forward(current: Tensor, v0: Tensor, beta: Tensor | None, threshold: Ten
     block = _block(n)
     _lif_forward_kernel[(triton.cdiv(n, block),)](
         current, t_stride, v0.contiguous(), _scalar(beta, current), _scalar(threshold, current), h, spikes,
-        steps, n, HAS_BETA=beta is not None, BLOCK=block, num_warps=4)
+        steps, n, HAS_BETA=beta is not None, BLOCK=block, **LAUNCH_OPTIONS)
     return h, spikes
 
 
@@ -173,6 +176,6 @@ def lif_backward(grad_spikes: Tensor, h: Tensor, v0: Tensor, beta: Tensor | None
     _lif_backward_kernel[(programs,)](
         grad_spikes, t_stride, h, v0.contiguous(), _scalar(beta, h), _scalar(threshold, h),
         grad_current, grad_v0, partials, float(spike_fn.param), steps, n, (steps - 1) * t_stride, (steps - 1) * n,
-        HAS_BETA=beta is not None, SURROGATE=SURROGATE_CODES[spike_fn.name], BLOCK=block, num_warps=4)
+        HAS_BETA=beta is not None, SURROGATE=SURROGATE_CODES[spike_fn.name], BLOCK=block, **LAUNCH_OPTIONS)
     grad_beta, grad_threshold = partials.sum(1).to(threshold.dtype).unbind()
     return grad_current, grad_v0, (None if beta is None else grad_beta), grad_threshold

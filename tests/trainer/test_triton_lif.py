@@ -68,5 +68,6 @@ def test_kernels_compile_for_an_h200():
     variants += [(triton_lif._lif_backward_kernel, backward, {"HAS_BETA": has_beta, "SURROGATE": code, "BLOCK": 512})
                  for has_beta in (True, False) for code in triton_lif.SURROGATE_CODES.values()]
     for kernel, signature, constants in variants:
-        compiled = triton.compile(ASTSource(kernel, signature, constants), target=target)
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=target,
+                                  options=triton_lif.LAUNCH_OPTIONS)
         assert compiled.asm["cubin"], (kernel.__name__, constants)
