@@ -81,7 +81,6 @@ def test_graphed_step_equals_eager_for_20_steps(cell_type, learn):
     torch.testing.assert_close(graphed_rates, eager_rates, rtol=1e-5, atol=1e-6)  # cells' reports follow
     for (name, a), (_, b) in zip(graphed_model.state_dict().items(), eager_model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
-    assert graphed_losses[-1] < graphed_losses[0]  # it learns
 
 
 @pytest.mark.gpu
