@@ -36,7 +36,9 @@ log = logging.getLogger("snnmon.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", ServiceMetrics)  # GET /metrics (service.prometheus)
 # The response a handler has already started (an event stream): no error answer may follow it.
-STARTED_RESPONSE = "snnmon.started_response"
+# (a RequestKey where aiohttp has them: since 3.14 a plain string key warns on every stream)
+STARTED_RESPONSE = (web.RequestKey("started_response", web.StreamResponse) if hasattr(web, "RequestKey")
+                    else "snnmon.started_response")
 
 
 def create_app(settings: Settings, *, store: JobStore | None = None,
@@ -72,7 +74,8 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app.on_response_prepare.append(_remember_started)
     if origins is not None:
         app.on_response_prepare.append(origins.add_headers)
-    app.cleanup_ctx.append(_job_manager_context(backend or ProcessBackend()))
+    app.cleanup_ctx.append(_job_manager_context(
+        backend or ProcessBackend(slots=settings.max_concurrent, prestart=settings.prestarted_workers())))
     app.on_shutdown.append(shut_down_jobs)
     app.on_shutdown.append(stream.end_open_streams)
     return app

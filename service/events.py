@@ -14,6 +14,13 @@ client that reconnects gets what the store holds and then the end of the stream.
 a seq that a later server could number again. ``on_write_failed`` tells the job manager, which stops the
 job.
 
+Fan-out is one loop over the live subscribers per group of events committed together (a
+``FrameBatch``: their frames joined once). A live subscriber with a ``FrameSink`` (its stream's socket)
+and nothing queued is written to directly from that loop: one ``transport.write`` and no task wake-up,
+no timer, no ``drain()``. Only a subscriber whose socket is above its high-water mark, or that has
+events queued, takes the events into its buffer; its stream task writes them, all queued at once, and
+awaits the drain. So a thousand subscribers cost a thousand writes per commit, not a thousand tasks.
+
 A subscriber that cannot keep up (its socket stays full) may skip batch events, never others: the
 buffer holds at most ``capacity`` events plus the job's epoch and terminal events (at most 100 epochs).
 """
@@ -24,19 +31,58 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import orjson
 
 from service.store import JobRecord, JobStore, StoredEvent
+from service.subscriber import REPLAY_PAGE, Subscriber
+
+__all__ = ["REPLAY_PAGE", "EventChannel", "FrameBatch", "FrameSink", "Subscriber", "heartbeat_frame"]
 
 if TYPE_CHECKING:
     from service.prometheus import ServiceMetrics
 
 log = logging.getLogger("snnmon.events")
 
-REPLAY_PAGE = 256  # events read from the store at a time during a replay
-SKIPPABLE = "batch"  # the only event a slow subscriber may miss: the next epoch event sums it up
+
+class FrameBatch:
+    """Events published together, in seq order, with their frames joined once for every subscriber."""
+
+    __slots__ = ("events", "first_seq", "last_seq", "terminal", "_body", "_http_chunk")
+
+    def __init__(self, events: list[StoredEvent]):
+        self.events = events
+        self.first_seq = events[0].seq
+        self.last_seq = events[-1].seq
+        self.terminal = events[-1].terminal
+        self._body: bytes | None = None
+        self._http_chunk: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The frames back to back: what a stream writes for the whole batch."""
+        if self._body is None:
+            events = self.events
+            self._body = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
+        return self._body
+
+    @property
+    def http_chunk(self) -> bytes:
+        """``body`` as one chunk of an HTTP/1.1 ``Transfer-Encoding: chunked`` response (RFC 9112 7.1),
+        the framing aiohttp gives a stream response whose length is unknown."""
+        if self._http_chunk is None:
+            body = self.body
+            self._http_chunk = b"%x\r\n%s\r\n" % (len(body), body)
+        return self._http_chunk
+
+
+class FrameSink(Protocol):
+    """Where a live subscriber's frames go without its task: its stream's socket (``service.stream``)."""
+
+    def write(self, batch: FrameBatch) -> bool:
+        """Write the batch now and return True, or return False (the socket is above its high-water mark,
+        or closing) and write nothing. Never raises, never waits."""
 
 
 def heartbeat_frame() -> bytes:
@@ -58,12 +104,16 @@ class EventChannel:
         self.ended = finished  # the terminal event is published
         self.deleted = False  # the job was deleted: its subscribers end
         self.broken = False  # an event's write failed: nothing more is published, subscribers end
+        self.published_at = float("-inf")  # loop.time() of the latest publish (heartbeats count from it)
         self.on_write_failed: Callable[[StoredEvent, BaseException], None] | None = None
         self._pending: deque[tuple[StoredEvent, asyncio.Future[None]]] = deque()
         self._subscribers: set[Subscriber] = set()
 
-    def append(self, event: str, data: dict[str, Any], record: JobRecord) -> StoredEvent:
-        """Number and encode an event; store it with ``record`` (one transaction); publish once committed."""
+    def append(self, event: str, data: dict[str, Any], record: JobRecord, *,
+               emitted_at: float | None = None) -> StoredEvent:
+        """Number and encode an event; store it with ``record`` (one transaction); publish once committed.
+        ``emitted_at``: the worker's ``time.monotonic()`` when it emitted the event (debug log only: it is
+        this machine's clock, so it is kept out of the frame)."""
         if self.finished:
             raise RuntimeError(f"job {self.job_id}: {event} event after the terminal event")
         stored = StoredEvent.encode(self.head_seq + 1, event, data)
@@ -71,8 +121,9 @@ class EventChannel:
         self.head_seq = stored.seq
         self.finished = stored.terminal
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("numbered job=%s seq=%d event=%s t=%.6f", self.job_id, stored.seq, event,
-                      stored.numbered_at)
+            log.debug("numbered job=%s seq=%d event=%s t=%.6f mono=%.6f emitted=%.6f", self.job_id,
+                      stored.seq, event, stored.numbered_at, time.monotonic(),
+                      emitted_at if emitted_at is not None else float("nan"))
         self._pending.append((stored, committed))
         committed.add_done_callback(self._publish_committed)
         return stored
@@ -90,7 +141,7 @@ class EventChannel:
         for subscriber in tuple(self._subscribers):
             subscriber.wake()
 
-    def subscribe(self, after_seq: int, capacity: int) -> "Subscriber":
+    def subscribe(self, after_seq: int, capacity: int) -> Subscriber:
         return Subscriber(self, after_seq, capacity)
 
     @property
@@ -99,22 +150,41 @@ class EventChannel:
 
     def _publish_committed(self, _: asyncio.Future[None]) -> None:
         # The writer settles futures in order, so this publishes in seq order, and stops at a failure.
+        # A group commit settles several futures at once: the first callback publishes them all, as one
+        # batch, and the others find nothing left to do.
+        ready: list[StoredEvent] = []
         while self._pending and self._pending[0][1].done():
             stored, committed = self._pending.popleft()
             if self.broken:
                 continue
             error = committed.exception()
             if error is not None:
+                self._fan_out(ready)
+                ready = []
                 self._break(stored, error)
                 continue
-            self.published_seq = stored.seq
-            self.ended = stored.terminal
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("published job=%s seq=%d t=%.6f", self.job_id, stored.seq, time.time())
-            if self.metrics is not None:
+            ready.append(stored)
+        self._fan_out(ready)
+
+    def _fan_out(self, ready: list[StoredEvent]) -> None:
+        if not ready:
+            return
+        self.published_seq = ready[-1].seq
+        self.ended = ready[-1].terminal
+        self.published_at = asyncio.get_running_loop().time()
+        if self.metrics is not None:
+            for stored in ready:
                 self.metrics.event_published(stored.event)
-            for subscriber in tuple(self._subscribers):
-                subscriber.offer(stored)
+        published_at, started = time.time(), time.perf_counter()
+        batch = FrameBatch(ready)
+        subscribers = tuple(self._subscribers)
+        for subscriber in subscribers:
+            subscriber.offer_batch(batch)
+        if log.isEnabledFor(logging.DEBUG):  # the load benchmark's perf counters (bench/sse_load.py)
+            fan_out_ms = 1000 * (time.perf_counter() - started)
+            for stored in ready:
+                log.debug("published job=%s seq=%d t=%.6f subscribers=%d fan_out_ms=%.3f", self.job_id,
+                          stored.seq, published_at, len(subscribers), fan_out_ms)
 
     def _break(self, stored: StoredEvent, error: BaseException) -> None:
         self.broken = True
@@ -125,118 +195,8 @@ class EventChannel:
         if self.on_write_failed is not None:
             self.on_write_failed(stored, error)
 
-    def _attach(self, subscriber: "Subscriber") -> None:
+    def _attach(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
 
-    def _detach(self, subscriber: "Subscriber") -> None:
+    def _detach(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
-
-
-class Subscriber:
-    """One stream client's position in a channel. Runs in the event loop; ``next_event`` is its API."""
-
-    def __init__(self, channel: EventChannel, after_seq: int, capacity: int):
-        self._channel = channel
-        self._capacity = capacity
-        self._cursor = after_seq  # seq of the last event handed out
-        self._replay: deque[StoredEvent] = deque()  # the current replay page
-        self._live: deque[StoredEvent] | None = None  # None while replaying
-        self._wakeup = asyncio.Event()
-        self.ended = False  # the terminal event was handed out, or the subscriber was closed
-        self.dropped = 0  # batch events skipped because this subscriber fell behind
-
-    async def next_event(self, timeout: float) -> StoredEvent | None:
-        """The next event, or None after ``timeout`` seconds without one (or once ``ended``)."""
-        while not self.ended:
-            event = self._take()
-            if event is not None:
-                self._cursor = event.seq
-                if event.terminal:
-                    self.close()
-                return event
-            if self._channel.deleted and self._channel.published_seq >= self._channel.head_seq:
-                self.close()  # its events are gone from the store, and no more are coming
-                break
-            if self._channel.broken and self._live is not None:
-                self.close()  # what was published is handed out; what failed to save never will be
-                break
-            if self._live is None:
-                await self._read_page_or_go_live()
-                continue
-            if self._channel.ended and self._cursor >= self._channel.published_seq:
-                self.close()  # joined with a Last-Event-ID at or past the terminal event
-                break
-            self._wakeup.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                return None
-        return None
-
-    def offer(self, event: StoredEvent) -> None:
-        """Called by the channel for each new event (live phase only); never blocks."""
-        live = self._live
-        if self.ended or live is None or event.seq <= self._cursor:
-            return
-        if len(live) >= self._capacity and not self._make_room(live, event):
-            self._skipped()
-            return
-        live.append(event)
-        self._wakeup.set()
-
-    def wake(self) -> None:
-        """Make a waiting ``next_event`` look at the channel again."""
-        self._wakeup.set()
-
-    def close(self) -> None:
-        """Stop following the channel (stream ended, client gone, or server shutting down)."""
-        self.ended = True
-        self._channel._detach(self)
-        self._replay.clear()
-        if self._live is not None:
-            self._live.clear()
-        self._wakeup.set()
-
-    def _take(self) -> StoredEvent | None:
-        for buffer in (self._replay, self._live):
-            while buffer:
-                event = buffer.popleft()
-                if event.seq > self._cursor:  # a live event may repeat the tail of the replay
-                    return event
-        return None
-
-    async def _read_page_or_go_live(self) -> None:
-        channel = self._channel
-        published = channel.published_seq  # everything up to here is committed, so the read sees it
-        page = await channel.store.events_after(channel.job_id, self._cursor, REPLAY_PAGE)
-        if self.ended:
-            return
-        if page:
-            self._replay.extend(page)
-            return
-        if channel.published_seq > self._cursor and published <= self._cursor:
-            return  # more was published while the read ran: read again
-        if channel.broken:
-            self.close()  # the store holds all this job will ever send
-            return
-        # Caught up: no await since the check, so no event can fall between the store and the buffer.
-        if self._cursor < channel.published_seq and not channel.deleted:
-            log.warning("job %s: store has no events after %d but %d are published; following live",
-                        channel.job_id, self._cursor, channel.published_seq)
-        self._live = deque()
-        channel._attach(self)
-
-    def _make_room(self, live: deque[StoredEvent], incoming: StoredEvent) -> bool:
-        """Drop the oldest queued batch event; False when the incoming one is the batch to drop."""
-        for index, queued in enumerate(live):
-            if queued.event == SKIPPABLE:
-                del live[index]
-                self._skipped()
-                return True
-        return incoming.event != SKIPPABLE
-
-    def _skipped(self) -> None:
-        self.dropped += 1
-        if self._channel.metrics is not None:
-            self._channel.metrics.batch_event_skipped()

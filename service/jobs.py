@@ -469,13 +469,14 @@ class JobManager:
             self._read_memory(job)  # the worker is about to exit: its peak, for the record
         if name == "checkpoint":  # the file is on disk already: the record's size includes it
             job.record.disk_bytes = artifacts.disk_usage(artifacts.job_dir(self._settings, job.record.job_id))
-        self._append(job, name, data)
+        emitted_at = event.get("emitted_at")  # the worker's time.monotonic() (trainer.worker._Emitter)
+        self._append(job, name, data, emitted_at=emitted_at if isinstance(emitted_at, float) else None)
 
-    def _append(self, job: Job, name: str, data: dict[str, Any]) -> None:
+    def _append(self, job: Job, name: str, data: dict[str, Any], *, emitted_at: float | None = None) -> None:
         """Number and encode one event, bring the record in step with it, and store both together."""
         record = job.record
         record.apply(name, data, time.time())
-        job.channel.append(name, data, record)
+        job.channel.append(name, data, record, emitted_at=emitted_at)
         if record.finished:
             log.info("job %s %s%s", record.job_id, record.status,
                      f": {record.error}" if record.error else " (forced)" if record.forced else "")

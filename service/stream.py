@@ -7,6 +7,11 @@ channel encoded once. A client gets every event after ``Last-Event-ID`` (the hea
 404 JSON answer, never a stream. A client that goes away ends its handler quietly. Every line ends in
 LF, aiohttp-sse's own keep-alive comments too.
 
+Once a stream is live, the job's channel writes each new batch of frames straight to the socket
+(``TransportSink``) while the socket is below its high-water mark; the handler's task only writes the
+replay, heartbeats, and what queued up while the socket was full (``FrameStreamResponse.send_frames``,
+which waits for the drain, at most ``send_timeout_s``, then drops the client).
+
 ``Last-Event-ID`` is ASCII digits only (no sign, no ``_``, no other script's digits), at most
 ``MAX_EVENT_ID``: anything else is a 400 before the stream starts.
 """
@@ -18,11 +23,12 @@ import logging
 import weakref
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from service.api import JOB_MANAGER, SETTINGS
 from service.errors import BadRequest
-from service.events import Subscriber, heartbeat_frame
+from service.events import FrameBatch, Subscriber, heartbeat_frame
 
 log = logging.getLogger("snnmon.stream")
 
@@ -40,17 +46,57 @@ class FrameStreamResponse(EventSourceResponse):
     def __init__(self, *, send_timeout: float, ping_interval: float):
         super().__init__(send_timeout=send_timeout, ping_interval=ping_interval, sep="\n")
         self.frame_timeout = send_timeout
+        self._writer: AbstractStreamWriter | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        self._writer = await super().prepare(request)
+        return self._writer
 
     async def send_frame(self, frame: bytes, request: web.Request) -> None:
+        await self.send_frames((frame,), request)
+
+    async def send_frames(self, frames: "tuple[bytes, ...] | list[bytes]", request: web.Request) -> None:
+        """Write the frames as one write; wait for the drain only above the socket's high-water mark."""
         try:
             async with asyncio.timeout(self.frame_timeout):
-                await self.write(frame)
+                await self.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                # aiohttp drains after every 64 KiB it wrote itself; the sink's writes bypass its count, so
+                # wait here whenever the socket is above its high-water mark: a stalled client's buffer
+                # stays bounded and its frames queue (and batch events drop) in its subscriber
+                protocol = getattr(self._writer, "protocol", None)
+                if protocol is not None and protocol.writing_paused:
+                    await self._writer.drain()
         except TimeoutError:
             # a stalled peer never drains its buffer: drop it rather than wait on it
             self.stop_streaming()
             if request.transport is not None:
                 request.transport.abort()
             raise
+
+
+class TransportSink:
+    """A live stream's socket, written by the channel without the stream's task (``service.events.FrameSink``).
+
+    It writes only while the transport is below its high-water mark (aiohttp's protocol is not paused), so
+    a slow client's frames queue in its subscriber's bounded buffer instead, as before. The bytes are the
+    batch's, shared by every subscriber: chunk-framed once when the response is chunked (HTTP/1.1)."""
+
+    __slots__ = ("_protocol", "_chunked")
+
+    def __init__(self, writer: AbstractStreamWriter):
+        self._protocol = writer.protocol  # type: ignore[attr-defined]  # aiohttp's StreamWriter
+        self._chunked = writer.chunked  # type: ignore[attr-defined]
+
+    def write(self, batch: FrameBatch) -> bool:
+        protocol = self._protocol
+        transport = protocol.transport
+        if transport is None or protocol.writing_paused or transport.is_closing():
+            return False  # full or gone: the task writes (and waits, or learns the client left)
+        try:
+            transport.write(batch.http_chunk if self._chunked else batch.body)
+        except (RuntimeError, OSError):  # closed under us (uvloop raises): the task finds out
+            return False
+        return True
 
 
 def last_event_id(request: web.Request) -> int:
@@ -81,7 +127,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         if request.transport is None:  # gone before the first byte (aiohttp-sse asserts a transport)
             raise ConnectionResetError("client disconnected")
-        await response.prepare(request)
+        writer = await response.prepare(request)
+        if writer is not None and _plain_stream(response, writer):
+            subscriber.sink = TransportSink(writer)
         async with response:
             await _pump(subscriber, response, request, settings.heartbeat_s)
     except (ConnectionError, TimeoutError) as exc:
@@ -93,13 +141,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _plain_stream(response: web.StreamResponse, writer: AbstractStreamWriter) -> bool:
+    """The sink writes the frames as they are: only into an uncompressed response, through aiohttp's own
+    writer (whose protocol says when the socket is full)."""
+    return not response.compression and hasattr(writer, "protocol") and hasattr(writer, "chunked")
+
+
 async def _pump(subscriber: Subscriber, response: FrameStreamResponse, request: web.Request,
                 heartbeat_s: float) -> None:
     while True:
-        event = await subscriber.next_event(heartbeat_s)
-        if event is None and subscriber.ended:
-            return  # closed by shutdown, or joined after the terminal event
-        await response.send_frame(event.frame if event is not None else heartbeat_frame(), request)
+        events = await subscriber.next_events(heartbeat_s)
+        if not events and subscriber.ended:
+            return  # the terminal event went out (maybe through the sink), shutdown, or joined past the end
+        await response.send_frames([event.frame for event in events] or [heartbeat_frame()], request)
         if subscriber.ended:
             return  # the terminal event went out: the response ends
 

@@ -31,7 +31,8 @@ Shapes: a cell's ``forward`` takes the current for all timesteps, ``[T, B, *shap
 recurrence loops over time; anything that does not depend on the state is done once over all T.
 LIFCell, IFCell and LapicqueCell run the whole recurrence as one autograd node
 (``trainer.fused.LIFSequence``, with hand-written backpropagation through time) when the spike function exposes its pseudo-derivative, as
-``trainer.surrogates.SpikeFn`` does; the other cells let autograd record each step.
+``trainer.surrogates.SpikeFn`` does, except while ``torch.compile`` traces them (``trainer.compiled``):
+then they run the per-step loop, which inductor fuses; the other cells let autograd record each step.
 """
 
 from __future__ import annotations
@@ -302,7 +303,9 @@ class LIFCell(SpikingCell):
     step = staticmethod(lif_step)
 
     def run(self, inputs: Tensor, params: LIFParams, state: LIFState) -> Tensor:
-        if not hasattr(self.spike_fn, "pseudo_derivative"):  # a bare spike function: autograd per step
+        # A bare spike function has no hand-written BPTT: autograd per step. Under torch.compile the
+        # plain loop too: dynamo breaks the graph around LIFSequence, while the unrolled steps fuse.
+        if torch.compiler.is_compiling() or not hasattr(self.spike_fn, "pseudo_derivative"):
             return super().run(inputs, params, state)
         return LIFSequence.apply(inputs, state.v, params.beta if self.has_beta else None,
                                  params.threshold, self.spike_fn)

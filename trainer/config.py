@@ -19,6 +19,7 @@ from trainer import catalog
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch accepts it too
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step", "onecycle")
+COMPILE_MODES = ("auto", "on", "off")  # trainer.compiled: the training step through torch.compile
 _CUDA_DEVICE = re.compile(r"^cuda:(\d{1,2})$")
 
 
@@ -90,6 +91,9 @@ FIELDS: tuple[Field, ...] = (
           choices=("direct", "rate", "latency")),
     Field("seed", "seed", None, "random seed; empty picks one and reports it", min=0, max=SEED_MAX),
     Field("device", "str", "auto", "auto, cpu, cuda or cuda:N"),
+    Field("compile", "str", "auto", "run the training step through torch.compile: on, off, or auto "
+          "(CPU jobs: compile only when the job's remaining steps are estimated to win back the compile "
+          "time; see docs/benchmarks.md)", choices=COMPILE_MODES),
     Field("mnist_fallback", "str", "none", "what to do when the files of mnist, fashion_mnist or kmnist "
           "are missing: fail (none) or train on synthetic data, saying so", choices=("none", "synthetic")),
 )
@@ -184,6 +188,7 @@ class TrainConfig:
     encoding: str = "direct"
     seed: int | None = None
     device: str = "auto"
+    compile: str = "auto"
     mnist_fallback: str = "none"
 
     @classmethod

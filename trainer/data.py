@@ -115,10 +115,12 @@ def synthetic_dataset(seed: int, n_train: int = SYNTHETIC_TRAIN, n_val: int = SY
         x = _shift(prototypes[y], shifts)  # [n, 28, 28]
         distractor = prototypes[torch.randint(0, N_CLASSES, (n,), generator=gen)]
         contrast = 0.6 + 0.4 * torch.rand(n, 1, 1, generator=gen)
-        x = x * contrast + 0.4 * distractor
-        keep = (torch.rand(n, 28, 28, generator=gen) > 0.15).float()
-        x = (x * keep + 0.35 * torch.randn(n, 28, 28, generator=gen)).clamp(0, 1)
-        images.append((x * 255).round().to(torch.uint8).unsqueeze(1))
+        # In place, in the order x * contrast + 0.4 * distractor, then x * keep + 0.35 * noise: the same
+        # values as out of place, with no new [n, 28, 28] tensor per step (a job's start waits for this)
+        x.mul_(contrast).add_(distractor.mul_(0.4))
+        keep = torch.rand(n, 28, 28, generator=gen).gt_(0.15)
+        x.mul_(keep).add_(torch.randn(n, 28, 28, generator=gen).mul_(0.35)).clamp_(0, 1)
+        images.append(x.mul_(255).round_().to(torch.uint8).unsqueeze(1))
         labels.append(y)
     pixels = images[0].float() / 255
     return DataBundle("synthetic", images[0], labels[0], images[1], labels[1],
@@ -150,7 +152,8 @@ def _shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     rows = (torch.arange(28).view(1, 28) + 2 - shifts[:, :1]).view(n, 28, 1)  # [n, 28, 1]
     cols = (torch.arange(28).view(1, 28) + 2 - shifts[:, 1:]).view(n, 1, 28)  # [n, 1, 28]
-    return padded[torch.arange(n).view(n, 1, 1), rows, cols]
+    # one gather over each flattened padded image: faster than indexing with three index tensors
+    return padded.view(n, 32 * 32).gather(1, (rows * 32 + cols).view(n, 28 * 28)).view(n, 28, 28)
 
 
 def iterate_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,

@@ -8,7 +8,7 @@ every variant must give the same loss trajectory as ``EagerStep`` for a seeded r
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +40,20 @@ class EagerStep:
 
 
 def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                     device: str) -> TrainStep:
-    """The step this job runs: the eager one (faster paths plug in here, chosen per device and config)."""
+                     device: str, *, remaining_steps: int = 0, data_dir=None,
+                     should_stop: Callable[[], bool] = lambda: False) -> TrainStep:
+    """The step this job runs: the eager one (faster paths plug in here, chosen per device and config).
+
+    ``remaining_steps``: optimiser steps the job has left (what ``compile=auto`` weighs a compile
+    against); ``data_dir``: where the compile cache lives (``trainer.compiled``); ``should_stop``: what
+    a compile polls, so that a stop does not wait for it."""
+    if config.compile == "on" or (config.compile == "auto" and device == "cpu"):
+        from trainer import compiled
+
+        return compiled.CompilingStep(model, optimizer, config, remaining_steps=remaining_steps,
+                                      key=compiled.shape_key(config, device),
+                                      records=compiled.CompileRecords(compiled.cache_dir_for(data_dir)),
+                                      should_stop=should_stop)
     from trainer import graphed  # builds on EagerStep, so imported here rather than at the top
 
     if graphed.supports(optimizer, device):  # CUDA and Adam/AdamW: the whole step as one CUDA graph

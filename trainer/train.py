@@ -4,9 +4,9 @@ Reads top to bottom like nanoGPT's ``train.py``. Everything it reports goes thro
 ``emit(event, data)``, with the events and fields of the design's SSE table (config, batch, epoch,
 completed, stopped, error) plus the additive ones of issue 12: batch events carry ``step`` (optimizer
 steps so far in the job), ``batch_loss`` and ``batch_accuracy`` (means over every sample since the
-previous batch event) and ``lr``; epoch events carry ``step`` and ``layer_stats``
-(``trainer.activity``); ``warning`` events (``trainer.diagnostics``) follow an epoch event and the run
-goes on. ``should_stop()`` is checked between batches, in training and in validation. The caller (CLI
+previous batch event) and ``lr``; epoch events carry ``step``, ``layer_stats`` (``trainer.activity``)
+and ``train_step`` (eager or compiled, and why: ``trainer.compiled``); ``warning`` events
+(``trainer.diagnostics``) follow an epoch event and the run goes on. ``should_stop()`` is checked between batches, in training and in validation. The caller (CLI
 or worker process) decides where events go.
 
 No host synchronisation per batch: loss, correct counts and spike counts are summed on the device and
@@ -114,7 +114,9 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
     # built after the restore, so a resumed job's schedule continues from its step; stepped once per
     # optimiser step
     scheduler = build_scheduler(optimizer, config, n_train_batches, start_step=step)
-    train_step = build_train_step(model, optimizer, config, device)
+    train_step = build_train_step(model, optimizer, config, device,
+                                  remaining_steps=config.epochs * n_train_batches - step, data_dir=data_dir,
+                                  should_stop=should_stop)
     last = {}
     try:
         for epoch in range(first_epoch, config.epochs):
@@ -174,6 +176,8 @@ def train(config: TrainConfig, emit: Emit, should_stop: Callable[[], bool] = lam
                 "param_snapshot": model.param_snapshot(),
                 "epoch_s": time.perf_counter() - epoch_start,
                 "step": step, "layer_stats": layer_stats,
+                # which step ran (eager or compiled), why, and the compile's seconds (trainer.compiled)
+                "train_step": getattr(train_step, "report", lambda: {"mode": config.compile, "kind": "eager"})(),
             })
             for warning in diagnostics.check_epoch(epoch, layer_stats, val_loss):
                 emit("warning", warning)

@@ -1,7 +1,12 @@
-"""The function a spawned job process runs: ``run_job(spec, events, stop_event)``.
+"""The functions a spawned job process runs: ``run_job(spec, events, stop_event)``, or
+``wait_for_job(jobs, events, stop_event)`` for a worker started before its job.
 
-Everything here runs in the worker process, started by ``service.backend`` with the spawn method. The
-worker
+Everything here runs in the worker process, started by ``service.backend`` with the spawn method. A
+pre-started worker (``wait_for_job``) imports torch and the trainer and warms what their first use loads
+lazily, none of it job-specific, then blocks on ``jobs`` (a pipe) until the server sends one job's spec;
+it runs that job exactly as ``run_job`` would and exits with it, so no two jobs share a process. It
+names itself ``snnmon-idle`` once it is ready and ``snnmon-job`` when its job arrives (``run_job``
+does too), so ``ps -o comm`` tells them apart. The worker
 
 - makes itself a process-group (and session) leader, so the server can signal it and anything it
   starts with one ``killpg``, and a Ctrl-C in the server's terminal is the server's to handle;
@@ -41,15 +46,53 @@ TEST_FAULT_ENV = "SNNMON_TEST_FAULT"
 PARENT_GONE_EXIT = 75  # exit code when the server disappeared under the worker
 MESSAGE_LIMIT = 1000  # characters of an error message sent to clients: long enough for a fix hint with paths
 HOG_MAX_BYTES = 6 << 30  # the hog fault stops growing here, should the watch that ends it be broken
+IDLE_NAME = "snnmon-idle"  # process name (comm) of a pre-started worker ready for its job
+JOB_NAME = "snnmon-job"  # process name of a worker that has its job
+PR_SET_NAME = 15  # prctl(2) option: name the calling thread (the main thread's name is the process's)
 
 
 def run_job(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
     """Train one job. ``spec`` is ``service.backend.JobSpec`` as a dict; ``events`` an mp.Queue."""
     os.setsid()
+    _exit_when_parent_dies()
+    _run_and_exit(spec, events, stop_event)
+
+
+def wait_for_job(jobs: Any, events: Any, stop_event: Any) -> None:
+    """Get ready for a job, wait for it on ``jobs`` (the reading end of a pipe), train it, exit.
+
+    Until the job arrives nothing is pinned: its CPU threads and CUDA device are set by ``execute_job``
+    like a fresh worker's. The server closing ``jobs`` without sending (its shutdown) ends the process."""
+    os.setsid()  # first: a Ctrl-C in the server's terminal must not reach an idle worker either
+    _exit_when_parent_dies()
+    prepare_for_jobs()
+    _name_process(IDLE_NAME)
+    try:
+        spec = jobs.recv()
+    except (EOFError, OSError):
+        os._exit(0)  # no job will come
+    jobs.close()
+    _run_and_exit(spec, events, stop_event)
+
+
+def prepare_for_jobs() -> None:
+    """Load what every job needs and no job decides: torch, the trainer's modules, and what their
+    first use imports lazily (an optimiser's first construction imports ``torch._dynamo``: seconds).
+    Creates no tensor a job could see and seeds nothing: each job seeds torch itself."""
+    import torch
+
+    from trainer import checkpoint, mnist, train  # noqa: F401  (train imports data, models, optim, step)
+    from trainer.config import TrainConfig
+    from trainer.optim import build_optimizer
+
+    build_optimizer(torch.nn.Linear(1, 1), TrainConfig())
+
+
+def _run_and_exit(spec: dict[str, Any], events: Any, stop_event: Any) -> None:
+    _name_process(JOB_NAME)
     fault = _test_fault(spec["config"].get("seed"))
     if fault == "hang":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _exit_when_parent_dies()
     emit = _Emitter(events.put, fault)
     try:
         execute_job(spec, emit, stop_event.is_set, fault)
@@ -97,7 +140,7 @@ class _Emitter:
         self._fault = fault
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
-        self._send({"event": event, "data": data})
+        self._send({"event": event, "data": data, "emitted_at": time.monotonic()})  # latency, server log
         if self._fault == "raise" and event == "config":
             raise RuntimeError("injected test fault (raise)\nthis second line must not reach clients")
         if self._fault == "hang" and event == "batch":
@@ -129,7 +172,8 @@ def one_line_message(exc: BaseException, device: str) -> str:
 
 
 def _limit_threads(threads: int) -> None:
-    # Before torch is imported, so its OpenMP pool starts at this size; set_num_threads makes sure.
+    # Before torch is imported, so its OpenMP pool starts at this size; set_num_threads makes sure (and
+    # is all that counts in a pre-started worker, which imported torch before its job arrived).
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     import torch
@@ -161,6 +205,16 @@ def _exit_when_parent_dies() -> None:
             os._exit(PARENT_GONE_EXIT)
 
     threading.Thread(target=wait_for_parent, name="parent-watch", daemon=True).start()
+
+
+def _name_process(name: str) -> None:
+    """Set this process's name as ``ps -o comm`` and ``/proc/PID/comm`` show it (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: not Linux
+        pass
 
 
 def _kill_on_write(writes_before: int):

@@ -20,6 +20,7 @@ import aiohttp
 TERMINAL = ("completed", "stopped", "error")
 # A numbered frame exactly as the server writes it: orjson puts a whole event on one line.
 RAW_FRAME = re.compile(rb"id: \d+\ndata: [^\n]*\n\n")
+JOB_PROCESS_NAME, IDLE_PROCESS_NAME = "snnmon-job", "snnmon-idle"  # as trainer.worker names its process
 
 
 @dataclass
@@ -176,20 +177,28 @@ def small_job(**overrides: Any) -> dict[str, Any]:
 
 
 def worker_pids(server_pid: int) -> set[int]:
-    """The server's job processes: every child but multiprocessing's resource tracker (a worker that is
-    exiting has an empty command line, or none: it still counts until the server reaps it)."""
+    """The server's job processes: its children named ``snnmon-job`` (``trainer.worker`` names a worker
+    so once it has its job). Left out: pre-started workers still waiting for a job (``snnmon-idle``, or
+    the interpreter's name while they start) and multiprocessing's resource tracker. A worker that is
+    exiting, or has exited and is not yet reaped, keeps its name, so it still counts."""
+    return _children_named(server_pid, JOB_PROCESS_NAME)
+
+
+def idle_worker_pids(server_pid: int) -> set[int]:
+    """The server's pre-started workers that are ready and waiting for a job (named ``snnmon-idle``)."""
+    return _children_named(server_pid, IDLE_PROCESS_NAME)
+
+
+def _children_named(server_pid: int, name: str) -> set[int]:
     import psutil
 
     pids = set()
     for child in psutil.Process(server_pid).children():
         try:
-            command = " ".join(child.cmdline())
-        except psutil.ZombieProcess:
-            command = ""
-        except psutil.NoSuchProcess:
+            if child.name() == name:
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:  # reaped meanwhile
             continue
-        if "resource_tracker" not in command:
-            pids.add(child.pid)
     return pids
 
 

@@ -149,6 +149,9 @@ class _NoWorkers:
     async def submit(self, spec):
         raise AssertionError("no job is started here")
 
+    async def close(self) -> None:
+        pass
+
 
 class _ReplayFailsAfterFirstPage(SQLiteJobStore):
     """A store whose second replay read fails, as a full or broken disk would."""

@@ -1,112 +1,65 @@
-"""Load: 200 concurrent SSE subscribers on one job, on loopback.
+"""Load (issue 15): 1,000 SSE subscribers on one running job, and the replay of a finished 10,000-event
+job to one client, on loopback, through ``bench/sse_load.py`` (the script the figures in
+docs/benchmarks.md come from; run with ``-s`` to see them).
 
-A long job is streamed live to 200 subscribers for LIVE_S seconds, then stopped. Every subscriber must
-receive every epoch event (and the config and terminal ones); the server's RSS must stay bounded.
-Measured and printed (run with ``-s``; numbers in docs/benchmarks.md): events delivered per
-second, live and in a replay, and delivery latency. Events carry no emit timestamp (the design's event
-fields have none), so latency runs from the moment the service numbered the event (its
-``--log-level debug`` line ``numbered job=... seq=... t=...``) to the moment the client parsed the
-frame; both clocks are this machine's ``time.time()``.
+Live: every subscriber must receive every event (batch events too: none may be skipped at this rate),
+in order, and the end of the stream; the server's memory must grow by less than ``KIB_PER_SUBSCRIBER``
+a subscriber; latency from the server numbering an event to the client parsing it must stay under a
+bound that fits this 2-core machine shared with other work (the goal, p99 <= 50 ms, is what the doc
+reports from a quieter run). Replay: the whole job, in order, at least ``REPLAY_FLOOR`` events/s in
+the best of five (the goal, >= 100,000, in the doc).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import statistics
-import time
+import sys
+from pathlib import Path
 
-import aiohttp
-import psutil
 import pytest
 
-from snnmon_client import post_json, read_stream, small_job, start_job
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import sse_load  # noqa: E402
 
-SUBSCRIBERS = 200
-LIVE_S = 8.0  # seconds of live training streamed to every subscriber before the job is stopped
-RSS_GROWTH_LIMIT_MB = 100  # the per-subscriber state is a cursor and a bounded buffer of shared frames
+SUBSCRIBERS = 1000
+LIVE_S = 5.0
+KIB_PER_SUBSCRIBER = 50  # the goal; a subscriber is a cursor, an empty buffer and its connection
+LATENCY_P99_BOUND_S = 1.0  # a loaded 2-core machine; quiet runs are far below (docs/benchmarks.md)
+REPLAY_EVENTS = 10_000
+REPLAY_FLOOR = 20_000  # events/s, best of 5: a regression guard (the goal, 100,000, is for a quiet machine)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-NUMBERED = re.compile(r"numbered job=(\w+) seq=(\d+) event=(\w+) t=([\d.]+)")
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+pytestmark = pytest.mark.slow
 
 
-async def _sample_rss(pid: int, samples: list[int], stop: asyncio.Event) -> None:
-    process = psutil.Process(pid)
-    while not stop.is_set():
-        samples.append(process.memory_info().rss)
-        await asyncio.sleep(0.1)
-
-
-async def _subscribe_all(session, url: str, count: int):
-    return await asyncio.gather(*(read_stream(session, url, timeout=200) for _ in range(count)))
-
-
-def test_200_subscribers_on_one_job(server_factory):
-    server = server_factory("--max-concurrent", "1", "--log-level", "debug")
-
-    async def scenario():
-        connector = aiohttp.TCPConnector(limit=0)  # the default pool would cap it at 100 connections
-        async with aiohttp.ClientSession(connector=connector) as session:
-            # the first job only warms the server up (torch's multiprocessing imported, a worker run)
-            warm = await start_job(session, server.base_url, **small_job(epochs=1, seed=1))
-            await read_stream(session, f"{server.base_url}/api/training/stream/{warm}")
-            baseline = psutil.Process(server.pid).memory_info().rss
-
-            samples: list[int] = []
-            stop_sampling = asyncio.Event()
-            sampler = asyncio.create_task(_sample_rss(server.pid, samples, stop_sampling))
-            job_id = await start_job(session, server.base_url, **small_job(epochs=100, seed=2))
-            url = f"{server.base_url}/api/training/stream/{job_id}"
-            first_event = asyncio.Event()
-            streams = [asyncio.create_task(read_stream(session, url, timeout=200,
-                                                       on_frame=lambda f: f.id and first_event.set()))
-                       for _ in range(SUBSCRIBERS)]
-            await first_event.wait()
-            await asyncio.sleep(LIVE_S)  # then stop: the measurement lasts as long on a fast machine
-            await post_json(session, f"{server.base_url}/api/training/stop", {"job_id": job_id})
-            live = await asyncio.gather(*streams)
-
-            replay_started = time.monotonic()
-            replay = await _subscribe_all(session, url, SUBSCRIBERS)
-            replay_s = time.monotonic() - replay_started
-            stop_sampling.set()
-            await sampler
-            return job_id, baseline, samples, live, replay, replay_s
-
-    job_id, baseline, samples, live, replay, replay_s = asyncio.run(scenario())
-
-    numbered = {int(seq): (name, float(t)) for job, seq, name, t in NUMBERED.findall(server.log_text()) if job == job_id}
-    expected_core = [seq for seq, (name, _) in sorted(numbered.items()) if name != "batch"]
-    assert numbered and numbered[max(numbered)][0] == "stopped"
-    assert sum(name == "epoch" for name, _ in numbered.values()) >= 1
-
-    latencies, delivered, dropped = [], 0, 0
-    for result in live:
-        assert result.ended
-        seqs = [int(f.id) for f in result.frames if f.id is not None]
-        assert set(expected_core) <= set(seqs), "a subscriber missed an epoch, config or terminal event"
-        assert seqs == sorted(seqs)
-        dropped += len(numbered) - len(seqs)
-        delivered += len(seqs)
-        latencies += [f.received_at - numbered[int(f.id)][1] for f in result.frames if f.id is not None]
-    for result in replay:
-        assert [int(f.id) for f in result.frames if f.id is not None] == sorted(numbered)
-
-    span = max(t for _, t in numbered.values()) - min(t for _, t in numbered.values())
-    peak_growth_mb = (max(samples) - baseline) / 2**20
-    replayed = sum(len(r.frames) for r in replay)
-    print(f"\n[sse load] {SUBSCRIBERS} subscribers, {len(numbered)} events in {span:.1f} s of training: "
-          f"{delivered} frames delivered live ({delivered / span:.0f} events/s), {dropped} batch events skipped; "
-          f"latency numbering→client p50 {1000 * statistics.median(latencies):.1f} ms, "
-          f"p99 {1000 * _percentile(latencies, 0.99):.1f} ms, max {1000 * max(latencies):.1f} ms; "
-          f"replay of the finished job to {SUBSCRIBERS} subscribers: {replayed} frames in {replay_s:.2f} s "
-          f"({replayed / replay_s:.0f} events/s); server RSS {baseline / 2**20:.0f} MiB before, "
-          f"peak +{peak_growth_mb:.1f} MiB")
-    assert peak_growth_mb < RSS_GROWTH_LIMIT_MB
+@pytest.mark.timeout(240)
+def test_1000_subscribers_on_one_job_all_get_every_event(tmp_path):
+    server = sse_load.Server(sse_load.REPO, tmp_path / "data", ("--max-concurrent", "1", "--cpu-threads", "1"))
+    server.start()
+    try:
+        result = asyncio.run(sse_load.run_live(server, jobs=1, subscribers=SUBSCRIBERS, stalled=0,
+                                               live_s=LIVE_S, client_procs=2))
+    finally:
+        server.stop()
+    print(f"\n[sse load] {result}")
+    assert result["live_events"] >= 10, "the job sent too few events to measure"
+    assert result["frames_delivered"] >= SUBSCRIBERS * result["live_events"]
+    assert result["lost_events"] == 0 and result["streams_not_ended"] == 0
+    assert result["batch_events_skipped"] == 0
+    assert result["kib_per_subscriber"] < KIB_PER_SUBSCRIBER
+    assert result["latency_ms"]["p99"] < 1000 * LATENCY_P99_BOUND_S
+    assert result["emit_latency_ms"] is not None  # the worker stamps its emit time
     assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_replay_of_a_finished_10000_event_job(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    job_id = sse_load.store_finished_job(sse_load.REPO, data_dir, REPLAY_EVENTS)
+    server = sse_load.Server(sse_load.REPO, data_dir).start()
+    try:
+        result = asyncio.run(sse_load.run_replay(server, job_id, REPLAY_EVENTS, repeats=5))  # checks order
+    finally:
+        server.stop()
+    print(f"\n[sse replay] {result}")
+    assert max(result["events_per_s"]) >= REPLAY_FLOOR

@@ -12,6 +12,8 @@ DESIGN_DEFAULTS = {
     "encoding": "direct", "mnist_fallback": "none",
     # issue 11's training recipe: Adam at a constant rate, no weight decay, no clipping, as before
     "optimizer": "adam", "weight_decay": 0.0, "lr_schedule": "constant", "warmup_epochs": 0, "grad_clip": 0.0,
+    # issue 14: compile only where the job earns the compile time back
+    "compile": "auto",
 }
 BOUNDS = {  # field: (low, high) from the design's table
     "epochs": (1, 100), "batch_size": (8, 512), "lr": (0.0001, 0.1), "timesteps": (5, 100),

@@ -29,7 +29,7 @@ def need_cuda(what: str) -> None:
 
 
 def test_cpu_and_sgd_jobs_keep_the_eager_step():
-    config = TrainConfig.from_dict({"seed": 0})
+    config = TrainConfig.from_dict({"seed": 0, "compile": "off"})  # auto would compile on the CPU
     model = build_model(config)
     assert type(build_train_step(model, build_optimizer(model, config), config, "cpu")) is EagerStep
     sgd = build_optimizer(model, dataclasses.replace(config, optimizer="sgd"))

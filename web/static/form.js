@@ -6,7 +6,7 @@
 const GROUPS = [
   ["Data", ["dataset", "mnist_fallback", "encoding"]],
   ["Network", ["network", "cell_type", "surrogate", "hidden", "learn_beta", "learn_threshold"]],
-  ["Optimisation", ["epochs", "batch_size", "lr", "timesteps", "seed", "device"]],
+  ["Optimisation", ["epochs", "batch_size", "lr", "timesteps", "seed", "device", "compile"]],
   ["Training recipe", ["optimizer", "weight_decay", "lr_schedule", "warmup_epochs", "grad_clip"]],
 ];
 const LABELS = {
