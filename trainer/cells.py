@@ -364,7 +364,8 @@ class SynapticCell(SpikingCell):
     step = staticmethod(synaptic_step)
 
     def step_params(self, like: Tensor) -> SynapticParams:
-        return SynapticParams(self.beta(), self.threshold(), like.new_tensor(self.values["alpha"]))
+        # new_full, not new_tensor: a fill on the device, no host copy (CUDA graph capture forbids one)
+        return SynapticParams(self.beta(), self.threshold(), like.new_full((), self.values["alpha"]))
 
     def initial_state(self, like: Tensor) -> SynapticState:
         return SynapticState(torch.zeros_like(like), torch.zeros_like(like))
@@ -379,7 +380,7 @@ class AlphaCell(SpikingCell):
 
     def step_params(self, like: Tensor) -> SynapticParams:
         # [2, 1, ...]: broadcasts the (excitatory, inhibitory) decays over [2, B, *shape]
-        alpha = like.new_tensor([self.values["alpha_e"], self.values["alpha_i"]])
+        alpha = torch.stack((like.new_full((), self.values["alpha_e"]), like.new_full((), self.values["alpha_i"])))
         return SynapticParams(self.beta(), self.threshold(), alpha.view(2, *[1] * (like.dim() - 1)))
 
     def prepare_input(self, current: Tensor, params: SynapticParams) -> Tensor:

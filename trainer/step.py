@@ -54,4 +54,8 @@ def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config:
                                       key=compiled.shape_key(config, device),
                                       records=compiled.CompileRecords(compiled.cache_dir_for(data_dir)),
                                       should_stop=should_stop)
+    from trainer import graphed  # builds on EagerStep, so imported here rather than at the top
+
+    if graphed.supports(optimizer, device):  # CUDA and Adam/AdamW: the whole step as one CUDA graph
+        return graphed.GraphedStep(model, optimizer, config, device)
     return EagerStep(model, optimizer, config)
