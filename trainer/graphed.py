@@ -129,28 +129,23 @@ class GraphedStep:
         self.cell_outputs = [(cell.last_spike_counts, cell.last_spike_rate) for cell in self.cells]
         self.graph = graph
 
-    @contextlib.contextmanager
-    def _capturable(self) -> Iterator[None]:
+    def _capturable(self) -> contextlib.AbstractContextManager[None]:
         """Adam's capturable mode (step counts and bias corrections on the device, no host sync)."""
-        groups = self.optimizer.param_groups
-        saved = [group.get("capturable", False) for group in groups]
-        for group in groups:
-            group["capturable"] = True
-        try:
-            yield
-        finally:
-            for group, value in zip(groups, saved):
-                group["capturable"] = value
+        return self._groups_set("capturable", [True] * len(self.optimizer.param_groups))
+
+    def _tensor_lr(self) -> contextlib.AbstractContextManager[None]:
+        """Each group's lr is its device tensor while the optimiser step is captured."""
+        return self._groups_set("lr", self.lrs)
 
     @contextlib.contextmanager
-    def _tensor_lr(self) -> Iterator[None]:
-        """Each group's lr is its device tensor while the optimiser step is captured."""
+    def _groups_set(self, key: str, values) -> Iterator[None]:
+        """Each param group's ``key`` set to its value from ``values``, and restored on the way out."""
         groups = self.optimizer.param_groups
-        saved = [group["lr"] for group in groups]
-        for group, lr in zip(groups, self.lrs):
-            group["lr"] = lr
+        saved = [group.get(key) for group in groups]
+        for group, value in zip(groups, values):
+            group[key] = value
         try:
             yield
         finally:
             for group, value in zip(groups, saved):
-                group["lr"] = value
+                group[key] = value

@@ -9,6 +9,7 @@ dispatched), so the tests check the bytes the server writes, not a library's rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -16,6 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import aiohttp
+
+from service.events import EventChannel
+from service.sqlite_store import SQLiteJobStore
+from service.store import JobRecord
 
 TERMINAL = ("completed", "stopped", "error")
 # A numbered frame exactly as the server writes it: orjson puts a whole event on one line.
@@ -232,3 +237,16 @@ async def wait_gone(pids: set[int], timeout: float, *, reaped: bool = True) -> f
         while any(running(pid) for pid in pids):
             await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+@contextlib.asynccontextmanager
+async def event_channel(tmp_path, store_class=None):
+    """An ``EventChannel`` for job "job1" on a real store in ``tmp_path`` (SQLite unless given)."""
+    store = (store_class or SQLiteJobStore)(tmp_path)
+    await store.open()
+    record = JobRecord("job1", {})
+    store.put_job(record)
+    try:
+        yield EventChannel("job1", store), record
+    finally:
+        await store.close()

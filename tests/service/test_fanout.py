@@ -8,21 +8,20 @@ the wire are the frames, chunk-framed for HTTP/1.1 and bare for HTTP/1.0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import socket
 import weakref
 from types import SimpleNamespace
-from typing import AsyncIterator
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from snnmon_client import event_channel
+
 from service import api, stream
 from service.events import EventChannel, FrameBatch
 from service.sqlite_store import SQLiteJobStore
-from service.store import JobRecord
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,18 +60,6 @@ class GatedStore(SQLiteJobStore):
             released.set_result(None)
 
 
-@contextlib.asynccontextmanager
-async def _channel(tmp_path, store_class=SQLiteJobStore) -> AsyncIterator[tuple[EventChannel, JobRecord]]:
-    store = store_class(tmp_path)
-    await store.open()
-    record = JobRecord("job1", {})
-    store.put_job(record)
-    try:
-        yield EventChannel("job1", store), record
-    finally:
-        await store.close()
-
-
 async def _go_live(channel: EventChannel, sink=None, capacity: int = 8):
     subscriber = channel.subscribe(0, capacity)
     subscriber.sink = sink
@@ -83,7 +70,7 @@ async def _go_live(channel: EventChannel, sink=None, capacity: int = 8):
 
 def test_a_live_subscriber_is_written_directly_one_write_per_commit_group(tmp_path):
     async def scenario():
-        async with _channel(tmp_path, GatedStore) as (channel, record):
+        async with event_channel(tmp_path, GatedStore) as (channel, record):
             channel.append("config", {}, record)
             await channel.store.release()
             await channel.wait_published()
@@ -108,7 +95,7 @@ def test_a_live_subscriber_is_written_directly_one_write_per_commit_group(tmp_pa
 
 def test_a_full_socket_queues_for_the_task_which_gets_all_queued_at_once(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {}, record)
             await channel.wait_published()
             sink = RecordingSink()
@@ -137,7 +124,7 @@ def test_a_full_socket_queues_for_the_task_which_gets_all_queued_at_once(tmp_pat
 
 def test_a_subscriber_whose_socket_stays_full_skips_batches_but_never_epochs_or_the_end(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {}, record)
             await channel.wait_published()
             sink = RecordingSink()
@@ -161,7 +148,7 @@ def test_a_subscriber_whose_socket_stays_full_skips_batches_but_never_epochs_or_
 
 def test_a_heartbeat_is_due_only_after_a_silence_even_when_the_task_sleeps(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {}, record)
             await channel.wait_published()
             sink = RecordingSink()
@@ -184,7 +171,7 @@ def test_a_heartbeat_is_due_only_after_a_silence_even_when_the_task_sleeps(tmp_p
 
 def test_the_terminal_event_through_the_sink_ends_the_subscriber(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {}, record)
             await channel.wait_published()
             sink = RecordingSink()
@@ -214,7 +201,7 @@ def _stream_app(channel: EventChannel) -> web.Application:
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_live_frames_reach_the_socket_whole_and_in_order(tmp_path, version):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             replayed = [channel.append("config", {}, record)]
             await channel.wait_published()
             server = TestServer(_stream_app(channel))
@@ -262,7 +249,7 @@ def test_a_stalled_client_holds_a_bounded_buffer_and_skips_batch_events(tmp_path
     """A client that never reads, small socket buffers at both ends: the server's socket fills, the sink
     stops writing, the task waits on the drain, and what the server holds for it stays bounded."""
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {}, record)
             await channel.wait_published()
             app = _stream_app(channel)

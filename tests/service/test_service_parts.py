@@ -6,36 +6,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
-from typing import AsyncIterator
 
 import orjson
 import pytest
+
+from snnmon_client import event_channel
 
 from service import settings as service_settings
 from service.backend import ExitStatus
 from service.devices import DevicePool, count_visible
 from service.errors import InvalidConfig
-from service.events import EventChannel, heartbeat_frame
-from service.sqlite_store import SQLiteJobStore
-from service.store import JobRecord, StoredEvent
+from service.events import heartbeat_frame
+from service.store import StoredEvent
 from trainer.worker import MESSAGE_LIMIT, one_line_message
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@contextlib.asynccontextmanager
-async def _channel(tmp_path) -> AsyncIterator[tuple[EventChannel, JobRecord]]:
-    """A channel on a real SQLite store in ``tmp_path``, for job "job1"."""
-    store = SQLiteJobStore(tmp_path)
-    await store.open()
-    record = JobRecord("job1", {})
-    store.put_job(record)
-    try:
-        yield EventChannel("job1", store), record
-    finally:
-        await store.close()
 
 
 async def _drain(subscriber, limit: int = 10_000) -> list[StoredEvent]:
@@ -50,7 +36,7 @@ async def _drain(subscriber, limit: int = 10_000) -> list[StoredEvent]:
 
 def test_a_slow_subscriber_skips_batches_but_never_epochs_or_the_end(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {"n": 0}, record)
             subscriber = channel.subscribe(0, capacity=8)
             assert [e.event for e in await _drain(subscriber)] == ["config"]  # caught up: now live
@@ -74,7 +60,7 @@ def test_a_slow_subscriber_skips_batches_but_never_epochs_or_the_end(tmp_path):
 
 def test_a_subscriber_that_keeps_up_misses_nothing_across_the_replay_hand_off(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             for i in range(600):  # more than two replay pages
                 channel.append("batch", {"i": i}, record)
             await channel.wait_published()  # committed: the replay reads them from the store
@@ -97,7 +83,7 @@ def test_a_subscriber_that_keeps_up_misses_nothing_across_the_replay_hand_off(tm
 
 def test_a_subscriber_after_the_end_replays_and_stops(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             for name in ("config", "batch", "epoch", "completed"):
                 channel.append(name, {}, record)
             await channel.wait_published()
@@ -113,7 +99,7 @@ def test_a_subscriber_after_the_end_replays_and_stops(tmp_path):
 
 def test_nothing_follows_the_terminal_event(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("stopped", {"epoch": 0, "forced": False}, record)
             with pytest.raises(RuntimeError):
                 channel.append("batch", {}, record)
@@ -123,7 +109,7 @@ def test_nothing_follows_the_terminal_event(tmp_path):
 
 def test_a_job_deleted_as_it_ends_still_ends_its_live_streams_then_replays_nothing(tmp_path):
     async def scenario():
-        async with _channel(tmp_path) as (channel, record):
+        async with event_channel(tmp_path) as (channel, record):
             channel.append("config", {}, record)
             live = channel.subscribe(0, capacity=8)
             assert [e.event for e in await _drain(live)] == ["config"]  # following live
