@@ -60,6 +60,14 @@ class GatedStore(SQLiteJobStore):
             released.set_result(None)
 
 
+async def _live_subscriber(channel: EventChannel, record, capacity: int = 8):
+    """A config event published, then a subscriber writing to a ``RecordingSink``, caught up and live."""
+    channel.append("config", {}, record)
+    await channel.wait_published()
+    sink = RecordingSink()
+    return await _go_live(channel, sink, capacity), sink
+
+
 async def _go_live(channel: EventChannel, sink=None, capacity: int = 8):
     subscriber = channel.subscribe(0, capacity)
     subscriber.sink = sink
@@ -96,10 +104,7 @@ def test_a_live_subscriber_is_written_directly_one_write_per_commit_group(tmp_pa
 def test_a_full_socket_queues_for_the_task_which_gets_all_queued_at_once(tmp_path):
     async def scenario():
         async with event_channel(tmp_path) as (channel, record):
-            channel.append("config", {}, record)
-            await channel.wait_published()
-            sink = RecordingSink()
-            subscriber = await _go_live(channel, sink, capacity=64)
+            subscriber, sink = await _live_subscriber(channel, record, capacity=64)
             sink.open = False  # above its high-water mark
             queued = [channel.append("batch", {"i": i}, record) for i in range(3)]
             await channel.wait_published()
@@ -125,10 +130,7 @@ def test_a_full_socket_queues_for_the_task_which_gets_all_queued_at_once(tmp_pat
 def test_a_subscriber_whose_socket_stays_full_skips_batches_but_never_epochs_or_the_end(tmp_path):
     async def scenario():
         async with event_channel(tmp_path) as (channel, record):
-            channel.append("config", {}, record)
-            await channel.wait_published()
-            sink = RecordingSink()
-            subscriber = await _go_live(channel, sink, capacity=8)
+            subscriber, sink = await _live_subscriber(channel, record, capacity=8)
             sink.open = False
             for epoch in range(3):
                 for batch in range(20):
@@ -149,10 +151,7 @@ def test_a_subscriber_whose_socket_stays_full_skips_batches_but_never_epochs_or_
 def test_a_heartbeat_is_due_only_after_a_silence_even_when_the_task_sleeps(tmp_path):
     async def scenario():
         async with event_channel(tmp_path) as (channel, record):
-            channel.append("config", {}, record)
-            await channel.wait_published()
-            sink = RecordingSink()
-            subscriber = await _go_live(channel, sink)
+            subscriber, sink = await _live_subscriber(channel, record)
             loop = asyncio.get_running_loop()
             started = loop.time()
             waiting = asyncio.create_task(subscriber.next_events(timeout=0.3))
@@ -172,10 +171,7 @@ def test_a_heartbeat_is_due_only_after_a_silence_even_when_the_task_sleeps(tmp_p
 def test_the_terminal_event_through_the_sink_ends_the_subscriber(tmp_path):
     async def scenario():
         async with event_channel(tmp_path) as (channel, record):
-            channel.append("config", {}, record)
-            await channel.wait_published()
-            sink = RecordingSink()
-            subscriber = await _go_live(channel, sink)
+            subscriber, sink = await _live_subscriber(channel, record)
             waiting = asyncio.create_task(subscriber.next_events(timeout=5))
             await asyncio.sleep(0.01)
             stopped = channel.append("stopped", {"epoch": 0, "forced": False}, record)
