@@ -25,17 +25,18 @@ The inductor cache lives in the data directory (``<data_dir>/compile-cache``), s
 compile each network shape once, and later jobs of that shape load the compiled kernels from disk. The
 loop checks for a stop between batches only, so a compile polls for one and is cut short by it.
 Each epoch event's ``train_step`` (``CompilingStep.report``) says which step ran, why, and how long the
-compile took; the same goes to stderr, the server's log.
+compile took. The same goes to the ``snnmon.compile`` logger at INFO, which a worker leaves unconfigured:
+its stderr is the server's log, whose lines may have to be JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import logging
 import resource
 import signal
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ SHARE_PROBE_ROUNDS = 10
 MEASURED_CELLS = ("LIFCell", "IFCell", "LapicqueCell")
 COMPILED_TIMED_STEPS = 10  # compiled steps timed after the compile, for the record
 STOP_POLL_S = 0.05  # how often a compile checks for a stop: the loop's own reaction time between batches
+
+log = logging.getLogger("snnmon.compile")  # the host decides where it goes; a worker sends it nowhere
 
 
 class CompileInterrupted(BaseException):
@@ -193,8 +196,7 @@ class CompilingStep:
     """The step of a job with ``compile`` on, or auto on the CPU: eager or ``CompiledStep``, as decided.
 
     ``report()`` says which runs, why, and how long the compile took (``None`` until it has run); the
-    decision and the compile time also go to stderr (a worker's stderr is the server's log). Nothing
-    of torch's compiler is imported unless the job compiles."""
+    epoch events carry it. Nothing of torch's compiler is imported unless the job compiles."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
                  remaining_steps: int, key: str, records: CompileRecords,
@@ -265,7 +267,7 @@ class CompilingStep:
             self.compiled = CompiledStep(self.model, self.optimizer, self.config)
         self.current = self.compiled if kind == "compiled" else self.eager
         self.reason = reason
-        print(f"train step: {reason}", file=sys.stderr, flush=True)
+        log.info("train step: %s", reason)
 
     def _compile(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """The first compiled step, cut short by a stop: a compile takes seconds to minutes, and the loop
@@ -307,10 +309,6 @@ class CompilingStep:
         finally:
             watcher.join()
             signal.signal(signal.SIGUSR1, previous)
-        before = "a record" if self.record else "no record"
-        print(f"train step: compiled in {self.compiled.compile_s:.1f} s, {self.compiled.compile_cpu_s:.1f} CPU s "
-              f"({before} of this shape before)",
-              file=sys.stderr, flush=True)
         return out
 
     def _time_compiled(self, elapsed: float) -> None:
