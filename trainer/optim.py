@@ -31,12 +31,15 @@ ONECYCLE_RISE = 0.3  # fraction of the steps spent rising when warmup_epochs is 
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params, lr, decay = model.parameters(), config.lr, config.weight_decay
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    params, lr, decay = list(model.parameters()), config.lr, config.weight_decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+    # On the CPU torch's default Adam runs a Python loop of ~8 ops per tensor (about 0.8 ms of a 5 ms
+    # step for the default network); the fused kernel does a tensor in one call. The GPU keeps torch's
+    # default (foreach), which trainer.graphed switches to capturable for its CUDA graph.
+    fused = True if params and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params) else None
+    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=lr, weight_decay=decay, fused=fused)
 
 
 def lr_factor(step: int, schedule: str, total_steps: int, warmup_steps: int) -> float:
