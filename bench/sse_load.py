@@ -78,6 +78,7 @@ class Server:
     process: subprocess.Popen | None = None
     host: str = ""
     port: int = 0
+    warm_workers: int = 0  # pre-started workers (``snnmon-idle``) to wait for before a measurement
 
     @property
     def log_path(self) -> Path:
@@ -99,12 +100,31 @@ class Server:
             match = READY_LINE.search(self.log_text())
             if match:
                 self.host, self.port = match.group(1), int(match.group(2))
+                self._wait_warm(deadline + 60)
                 return self
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"snnmon serve did not start:\n{self.log_text()}")
+
+    def _wait_warm(self, deadline: float) -> None:
+        """Until the pre-started workers have imported torch: a warm server, whose first seconds' CPU is
+        not shared with those imports (a measurement taken then is the imports')."""
+        import psutil
+
+        while time.monotonic() < deadline:
+            names = []
+            for child in psutil.Process(self.process.pid).children():
+                try:
+                    names.append(child.name())
+                except psutil.NoSuchProcess:
+                    pass
+            if names.count("snnmon-idle") >= self.warm_workers:
+                return
+            time.sleep(0.1)
+        print(f"warning: the server's {self.warm_workers} pre-started workers were not ready in time",
+              file=sys.stderr)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -546,7 +566,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.scenario == "replay":
             data_dir.mkdir()
             job_id = store_finished_job(args.repo.resolve(), data_dir, args.events)
-        server = Server(args.repo.resolve(), data_dir, flags, args.profile).start()
+        server = Server(args.repo.resolve(), data_dir, flags, args.profile,
+                        warm_workers=min(args.jobs, os.cpu_count() or 1)).start()
         try:
             if args.scenario == "live":
                 result = asyncio.run(run_live(server, jobs=args.jobs, subscribers=args.subscribers,
