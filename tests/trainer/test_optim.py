@@ -85,6 +85,26 @@ def test_optimizers_are_built_as_configured():
             assert group["momentum"] == 0.9
 
 
+def test_adam_on_the_cpu_is_torch_s_fused_kernel_and_steps_as_the_default_one():
+    """The fused kernel is the CPU's speed-up (docs/benchmarks.md); it must take the same steps."""
+    torch.manual_seed(0)
+    fused_model, plain_model = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    plain_model.load_state_dict(fused_model.state_dict())
+    config = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.01)
+    fused = optim.build_optimizer(fused_model, config)
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=0.01, weight_decay=0.01)
+    assert fused.param_groups[0]["fused"] is True and not plain.param_groups[0]["fused"]
+    assert not optim.build_optimizer(torch.nn.Linear(5, 3).double(), config).param_groups[0]["fused"]  # float32 only
+    inputs = torch.randn(8, 5)
+    for _ in range(10):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(inputs).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_grad_clip_caps_the_global_norm_and_zero_leaves_gradients_alone():
     model = torch.nn.Linear(4, 3)
     (model(torch.ones(2, 4)) * 100).sum().backward()
