@@ -30,7 +30,7 @@ def test_download_buttons_resume_and_fine_tune(page, server, tmp_path):
     open_dashboard(page, server)
     for button in ("#download-best", "#download-last", "#download-nir", "#resume-button"):
         assert page.locator(button).is_disabled()
-    job_id = start_from_form(page, {**SLOW, "epochs": 4})
+    job_id = start_from_form(page, {**SLOW, "epochs": 3})
     # the first checkpoint enables the downloads (the jobs poll brings the record's artifacts)
     page.wait_for_selector("#download-best:not([disabled])", timeout=JOB_TIMEOUT_MS)
     page.click("#stop-button")
@@ -53,13 +53,13 @@ def test_download_buttons_resume_and_fine_tune(page, server, tmp_path):
     wait_status(page, "completed")
     resumed = server.api("GET", f"/api/training/status/{resumed_id}")[1]
     assert resumed["resumed_from"] == job_id and resumed["config"] == stopped["config"]
-    assert resumed["artifacts"]["last"]["epoch"] == 3  # epochs counted on, to the configured 4
+    assert resumed["artifacts"]["last"]["epoch"] == 2  # epochs counted on, to the configured 3
     assert page.locator("#resume-button").is_disabled()  # a completed job has nothing to resume
 
     # "Fine-tune from" lists jobs with checkpoints; the started job names its origin
     page.wait_for_selector(f"#fine-tune-job option[value='{resumed_id}']", state="attached", timeout=10_000)
     page.select_option("#fine-tune-job", resumed_id)
     page.select_option("#fine-tune-which", "last")
-    tuned_id = start_from_form(page, {**SLOW, "epochs": 1})
+    tuned_id = start_from_form(page, {**SLOW, "batch_size": 256, "epochs": 1})  # SLOW's layers, fewer steps
     tuned = server.api("GET", f"/api/training/status/{tuned_id}")[1]
     assert tuned["init_from"] == {"job_id": resumed_id, "which": "last"}
