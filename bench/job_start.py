@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-import psutil
+from sse_load import child_process_names  # bench/ is on sys.path: this script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
 READY_LINE = re.compile(r"snnmon: serving on (http://\S+)")
@@ -54,13 +54,7 @@ class Server:
         self.url = match.group(1)
 
     def process_names(self) -> list[str]:
-        names = []
-        for child in psutil.Process(self.process.pid).children():
-            try:
-                names.append(child.name())
-            except psutil.NoSuchProcess:
-                pass
-        return names
+        return child_process_names(self.process.pid)
 
     async def warm(self) -> None:
         """No job process left, and (with --prestart) both slots' workers ready."""

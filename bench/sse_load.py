@@ -67,6 +67,20 @@ main()
 """
 
 
+def child_process_names(pid: int) -> list[str]:
+    """The names (comm) of a process's children: ``snnmon-idle`` for a ready pre-started worker, ``snnmon-job``
+    for one running a job (``trainer.worker``)."""
+    import psutil
+
+    names = []
+    for child in psutil.Process(pid).children():
+        try:
+            names.append(child.name())
+        except psutil.NoSuchProcess:
+            pass
+    return names
+
+
 # -- the server under test ------------------------------------------------------------------------------
 
 @dataclass
@@ -111,16 +125,8 @@ class Server:
     def _wait_warm(self, deadline: float) -> None:
         """Until the pre-started workers have imported torch: a warm server, whose first seconds' CPU is
         not shared with those imports (a measurement taken then is the imports')."""
-        import psutil
-
         while time.monotonic() < deadline:
-            names = []
-            for child in psutil.Process(self.process.pid).children():
-                try:
-                    names.append(child.name())
-                except psutil.NoSuchProcess:
-                    pass
-            if names.count("snnmon-idle") >= self.warm_workers:
+            if child_process_names(self.process.pid).count("snnmon-idle") >= self.warm_workers:
                 return
             time.sleep(0.1)
         print(f"warning: the server's {self.warm_workers} pre-started workers were not ready in time",
