@@ -283,7 +283,10 @@ class SpikingCell(nn.Module):
         """The recurrence over T from ``state``: inputs [T, ...] -> spikes [T, B, *shape]."""
         step, spike_fn = type(self).step, self.spike_fn
         spikes = []
-        for x in inputs:  # x [B, *shape] (Alpha: [2, B, *shape])
+        # unbind, not ``for x in inputs``: iterating selects one step at a time, and each select's
+        # backward is a zero-filled [T, ...] tensor, so autograd (and inductor's fused backward, which
+        # kept all T of them in one T x T loop) did O(T^2) work; unbind's backward is one stack
+        for x in inputs.unbind(0):  # x [B, *shape] (Alpha: [2, B, *shape])
             spike, state = step(x, state, params, spike_fn)
             spikes.append(spike)
         return torch.stack(spikes)
