@@ -3,7 +3,9 @@
 Why it is faster: while dynamo traces, the LIF family runs its plain per-step loop instead of the
 hand-written ``trainer.fused.LIFSequence`` (``LIFCell.run``), so inductor sees the whole unrolled
 forward and its backward (T steps of [B, N] elementwise work between two matmuls) and fuses them into a
-few C++ loops. What it costs: tens of seconds of compiling before the first compiled step (less with a
+few C++ loops; on the CPU with Adam or AdamW the optimiser's update joins the same graph, so one call
+per step replaces the autograd engine, AOTAutograd's wrappers and the optimiser's Python
+(``CompiledStep``). What it costs: tens of seconds of compiling before the first compiled step (less with a
 warm inductor cache), during which the job does not train. Hence ``compile``:
 
 - ``off``: the eager step (``trainer.step.EagerStep``), always;
@@ -44,10 +46,11 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
 from torch.nn import functional as F
 
 from trainer.config import TrainConfig
-from trainer.optim import clip_gradients
+from trainer.optim import AdamInGraph, clip_gradients
 from trainer.step import EagerStep
 
 CACHE_FOLDER = "compile-cache"
@@ -154,8 +157,14 @@ class CompileRecords:
 
 
 class CompiledStep:
-    """Forward and loss through ``torch.compile`` (inductor also compiles their backward); the gradient
-    clipping and ``optimizer.step()`` stay eager. Returns what ``EagerStep`` returns."""
+    """The training step through ``torch.compile``. Returns what ``EagerStep`` returns.
+
+    On the CPU with Adam or AdamW and no gradient clipping (the defaults), the whole step is one graph:
+    ``torch.func.grad_and_value`` gives the loss and the gradients, and ``AdamInGraph`` updates the
+    optimiser's parameters and state in the same graph. One call per step then pays dynamo's guards
+    once, and no autograd engine, AOTAutograd wrappers or optimiser Python run around the kernels
+    (docs/benchmarks.md: about a third of the step). Elsewhere the forward and the loss are compiled
+    (inductor also compiles their backward) and the clipping and ``optimizer.step()`` stay eager."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig):
         self.model, self.optimizer, self.grad_clip = model, optimizer, config.grad_clip
@@ -165,28 +174,67 @@ class CompiledStep:
         # dynamo caches compiled code per code object, with guards on the model it saw, and gives up
         # after a few models (recompile_limit): a process that runs job after job starts afresh each time
         torch._dynamo.reset()
-        self._forward = torch.compile(self._forward_loss, dynamic=False)
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        # On the CPU, inductor's C++ wrapper calls each graph's kernels and matmuls from C++ rather than
+        # from generated Python
+        options = {"cpp_wrapper": True} if on_cpu else None
+        self.adam = AdamInGraph(optimizer) if on_cpu and AdamInGraph.supports(optimizer) and not self.grad_clip else None
+        if self.adam:
+            names = {id(p): name for name, p in model.named_parameters()}
+            self.param_names = [names[id(p)] for p in self.adam.params]
+            self._compiled = torch.compile(self._whole_step, dynamic=False, options=options)
+        else:
+            self._compiled = torch.compile(self._forward_loss, dynamic=False, options=options)
         self.compile_s: float | None = None  # the first compiled call, compile included
         self.compile_cpu_s: float | None = None  # its CPU seconds, C++ compiler runs included
 
-    def _forward_loss(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def _forward_loss(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
         counts = self.model(inputs).sum(0)  # [B, classes] spike counts over T
-        # returned, so they leave the graph as outputs: each [*shape], read by trainer.activity
-        return F.cross_entropy(counts, labels), counts, [cell.last_spike_counts for cell in self.cells]
+        return F.cross_entropy(counts, labels), counts, *self._spike_counts_and_rates()
+
+    def _spike_counts_and_rates(self) -> tuple[list[Tensor], list[Tensor]]:
+        """What each cell's forward left in ``last_spike_counts`` ([*shape]) and ``last_spike_rate`` ([]),
+        returned so that they leave the graph as outputs (``trainer.activity`` sums the counts)."""
+        return [cell.last_spike_counts for cell in self.cells], [cell.last_spike_rate for cell in self.cells]
+
+    def _whole_step(self, inputs: Tensor, labels: Tensor, lr: Tensor, params: list[Tensor],
+                    exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[Tensor]):
+        def loss_of(weights: list[Tensor]):
+            counts = functional_call(self.model, dict(zip(self.param_names, weights)), (inputs,)).sum(0)
+            return F.cross_entropy(counts, labels), (counts.detach(), *self._spike_counts_and_rates())
+
+        grads, (loss, (counts, spike_counts, spike_rates)) = grad_and_value(loss_of, has_aux=True)(params)
+        for cell, cell_counts, rate in zip(self.cells, spike_counts, spike_rates):
+            # the forward left grad_and_value's wrapped tensors there; its unwrapped outputs replace them
+            cell.last_spike_counts, cell.last_spike_rate = cell_counts, rate
+        self.adam.update_(grads, lr, params, exp_avgs, exp_avg_sqs, steps)
+        return loss.detach(), counts, spike_counts, spike_rates
 
     def __call__(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if labels.shape[0] != self.batch_size:
             return self.eager(inputs, labels)
         started, cpu_started = (time.perf_counter(), cpu_seconds()) if self.compile_s is None else (None, None)
-        loss, counts, spike_counts = self._forward(inputs, labels)
-        samples = self.model.timesteps * labels.shape[0]  # T x B per neuron
-        for cell, cell_counts in zip(self.cells, spike_counts):  # as SpikingCell.forward leaves them
-            cell.last_spike_counts = cell_counts
-            cell.last_spike_rate = cell_counts.sum() / (samples * cell_counts.numel())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(self.model, self.grad_clip)
-        self.optimizer.step()
+        args = (inputs, labels, *self.adam.tensors()) if self.adam else (inputs, labels)
+        if started is not None:
+            loss, counts, spike_counts, spike_rates = self._compiled(*args)
+        else:
+            # After the first call dynamo's guards (about 450 checks on the model, the optimiser state
+            # and the inputs: 0.3 to 0.4 ms, a tenth of a CPU step) can only pass: every call comes from
+            # this loop with a full batch of the traced shape, in training mode with gradients on, and
+            # the same model, optimiser and hyperparameters; tensors are inputs, read afresh each call.
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                loss, counts, spike_counts, spike_rates = self._compiled(*args)
+        for cell, cell_counts, rate in zip(self.cells, spike_counts, spike_rates):  # as SpikingCell.forward
+            cell.last_spike_counts, cell.last_spike_rate = cell_counts, rate
+        if self.adam:
+            # torch's LR scheduler warns when it steps before the optimiser's step() has been called
+            # (the flag its wrapper of step() sets); the update did happen, in the graph
+            self.optimizer._opt_called = True
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(self.model, self.grad_clip)
+            self.optimizer.step()
         if started is not None:
             self.compile_s, self.compile_cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_started
         return loss.detach(), counts.detach()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from trainer.config import TrainConfig
 
@@ -75,3 +75,61 @@ def clip_gradients(model: nn.Module, max_norm: float) -> None:
     """Scale all gradients together so their global L2 norm is at most ``max_norm``; 0 leaves them alone."""
     if max_norm > 0:
         nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
+class AdamInGraph:
+    """torch's Adam/AdamW update written as tensor ops, so that ``torch.compile`` can put it in the same
+    graph as the forward and backward (``trainer.compiled.CompiledStep`` on the CPU).
+
+    It updates the optimiser's own parameters and state (``exp_avg``, ``exp_avg_sq``, ``step``, created
+    here as torch creates them when a fresh optimiser has none yet), so a checkpoint, the learning-rate
+    schedule (read from ``param_groups`` at every step) and an eager ``optimizer.step()`` in between (the
+    epoch's last, smaller batch) all see one optimiser. The maths is ``torch.optim.Adam``'s (Kingma & Ba
+    2015; AdamW: decoupled weight decay, Loshchilov & Hutter 2019), equal to its kernel to float rounding.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        (group,) = optimizer.param_groups
+        self.optimizer, self.params = optimizer, list(group["params"])
+        self.beta1, self.beta2 = group["betas"]
+        self.eps, self.weight_decay = group["eps"], group["weight_decay"]
+        self.decoupled = isinstance(optimizer, torch.optim.AdamW)
+        for p in self.params:
+            state = optimizer.state[p]
+            if not state:  # as torch's Adam fills it on its first step (fused: a float32 step on the device)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.lr = torch.zeros((), dtype=torch.float32, device=self.params[0].device)  # refilled each step
+
+    @staticmethod
+    def supports(optimizer: torch.optim.Optimizer) -> bool:
+        """Adam or AdamW as ``build_optimizer`` makes them: one group, no amsgrad, not maximising."""
+        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
+            return False
+        group = optimizer.param_groups[0]
+        return not (group["amsgrad"] or group["maximize"] or isinstance(group["lr"], torch.Tensor))
+
+    def tensors(self) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """(lr [], params, exp_avgs, exp_avg_sqs, steps): the compiled step's inputs, the lr set for this step."""
+        self.lr.fill_(self.optimizer.param_groups[0]["lr"])
+        states = [self.optimizer.state[p] for p in self.params]
+        return (self.lr, self.params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states])
+
+    @torch.no_grad()
+    def update_(self, grads: list[Tensor], lr: Tensor, params: list[Tensor], exp_avgs: list[Tensor],
+                exp_avg_sqs: list[Tensor], steps: list[Tensor]) -> None:
+        """One Adam step in place; ``grads[i]`` is the gradient of ``params[i]``."""
+        beta1, beta2 = self.beta1, self.beta2
+        for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+            if self.weight_decay and self.decoupled:
+                param.mul_(1 - lr * self.weight_decay)
+            elif self.weight_decay:
+                grad = grad + self.weight_decay * param
+            step.add_(1)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = lr / (1 - beta1 ** step)
+            denom = exp_avg_sq.sqrt() / (1 - beta2 ** step).sqrt() + self.eps
+            param.sub_(step_size * exp_avg / denom)

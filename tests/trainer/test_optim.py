@@ -105,6 +105,39 @@ def test_adam_on_the_cpu_is_torch_s_fused_kernel_and_steps_as_the_default_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer, weight_decay", [("adam", 0.0), ("adam", 0.05), ("adamw", 0.05)])
+def test_the_in_graph_adam_update_takes_torch_s_steps_and_shares_its_state(optimizer, weight_decay):
+    """AdamInGraph (the compiled CPU step's update) against torch's own step, with a changing lr; an
+    eager optimizer.step() in between (the epoch's last batch) continues from the state it left."""
+    torch.manual_seed(0)
+    ours_model, torch_model = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    torch_model.load_state_dict(ours_model.state_dict())
+    config = TrainConfig(optimizer=optimizer, lr=0.01, weight_decay=weight_decay)
+    ours, reference = optim.build_optimizer(ours_model, config), optim.build_optimizer(torch_model, config)
+    assert optim.AdamInGraph.supports(ours)
+    assert not optim.AdamInGraph.supports(optim.build_optimizer(ours_model, TrainConfig(optimizer="sgd")))
+    update = optim.AdamInGraph(ours)
+    inputs = torch.randn(8, 5)
+    for step in range(12):
+        for group in (*ours.param_groups, *reference.param_groups):
+            group["lr"] = 0.01 / (1 + step)  # as a schedule moves it
+        grads = torch.autograd.grad(ours_model(inputs).square().sum(), list(ours_model.parameters()))
+        if step == 6:  # the eager step of a partial batch, on the same state
+            for param, grad in zip(ours_model.parameters(), grads):
+                param.grad = grad
+            ours.step()
+        else:
+            update.update_(list(grads), *update.tensors())
+        reference.zero_grad()
+        torch_model(inputs).square().sum().backward()
+        reference.step()
+    for a, b in zip(ours_model.parameters(), torch_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p_ours, p_torch in zip(ours_model.parameters(), torch_model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(ours.state[p_ours][key], reference.state[p_torch][key], rtol=1e-5, atol=1e-7)
+
+
 def test_grad_clip_caps_the_global_norm_and_zero_leaves_gradients_alone():
     model = torch.nn.Linear(4, 3)
     (model(torch.ones(2, 4)) * 100).sum().backward()
