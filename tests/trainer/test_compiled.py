@@ -134,6 +134,20 @@ def test_the_compiled_step_gives_eager_s_loss_trajectory_and_spike_counts(tmp_pa
     assert compiled_run[2] == pytest.approx(eager[2], rel=1e-5)  # the learnt beta went the same way
 
 
+@pytest.mark.slow
+def test_a_cell_outside_the_lif_family_compiles_as_one_step_and_steps_as_eager(tmp_path):
+    """SynapticCell runs the generic per-step loop (two state variables) inside the whole-step graph."""
+    config = TrainConfig.from_dict({**TINY, "compile": "on", "cell_type": "SynapticCell"})
+    compiled.use_cache_dir(tmp_path / "compile-cache")
+    runs = []
+    for step_class in (EagerStep, compiled.CompiledStep):
+        model, optimizer = model_and_optimizer(config)
+        step = step_class(model, optimizer, config)
+        runs.append([step(inputs, labels)[0].item() for inputs, labels in batches(config, 4 * config.batch_size)])
+    assert step.adam is not None  # the one-graph step, not the forward-only compile
+    assert runs[1] == pytest.approx(runs[0], rel=1e-5, abs=1e-6)
+
+
 COMPILE_JOB = """
 import json, sys
 from trainer.config import TrainConfig
