@@ -14,12 +14,20 @@ client that reconnects gets what the store holds and then the end of the stream.
 a seq that a later server could number again. ``on_write_failed`` tells the job manager, which stops the
 job.
 
-Fan-out is one loop over the live subscribers per group of events committed together (a
-``FrameBatch``: their frames joined once). A live subscriber with a ``FrameSink`` (its stream's socket)
-and nothing queued is written to directly from that loop: one ``transport.write`` and no task wake-up,
-no timer, no ``drain()``. Only a subscriber whose socket is above its high-water mark, or that has
-events queued, takes the events into its buffer; its stream task writes them, all queued at once, and
-awaits the drain. So a thousand subscribers cost a thousand writes per commit, not a thousand tasks.
+Fan-out is a *sweep* over the live subscribers: each is handed everything published after its own
+position (``Subscriber.offered_seq``) as one ``FrameBatch`` (those frames joined once, shared by every
+subscriber at the same position). A live subscriber with a ``FrameSink`` (its stream's socket) and
+nothing queued is written to directly: one ``transport.write`` and no task wake-up, no timer, no
+``drain()``. Only a subscriber whose socket is above its high-water mark, or that has events queued,
+takes the events into its buffer; its stream task writes them, all queued at once, and awaits the
+drain. So a thousand subscribers cost a thousand writes per sweep, not a thousand tasks.
+
+The sweep gives the event loop back every ``SWEEP_CHUNK`` subscribers. A thousand writes to loopback
+sockets take tens of milliseconds, and before, the next commit's publish waited for all of them and
+then paid its own thousand: an event's last client got it two fan-outs late. Now a commit that lands
+mid-sweep joins it: the subscribers not yet visited get both groups in one write, and the next pass
+takes the new group to those already visited. So no event waits more than about one sweep, and the
+faster events come, the fewer writes each costs.
 
 A subscriber that cannot keep up (its socket stays full) may skip batch events, never others: the
 buffer holds at most ``capacity`` events plus the job's epoch and terminal events (at most 100 epochs).
@@ -44,6 +52,10 @@ if TYPE_CHECKING:
     from service.prometheus import ServiceMetrics
 
 log = logging.getLogger("snnmon.events")
+
+# Subscribers written per loop turn of a sweep: about 1 to 4 ms of loopback writes, so commits, numbering
+# and requests wait at most that long for the loop while a thousand subscribers are written.
+SWEEP_CHUNK = 25
 
 
 class FrameBatch:
@@ -108,6 +120,16 @@ class EventChannel:
         self.on_write_failed: Callable[[StoredEvent, BaseException], None] | None = None
         self._pending: deque[tuple[StoredEvent, asyncio.Future[None]]] = deque()
         self._subscribers: set[Subscriber] = set()
+        # The sweep: events published since every subscriber last had all of them (contiguous seqs), the
+        # subscribers still to visit in this pass, and one batch per position they start from.
+        self._backlog: list[StoredEvent] = []
+        self._to_visit: deque[Subscriber] = deque()
+        self._batches: dict[int, FrameBatch] = {}
+        self._sweep_started: float | None = None  # perf_counter() at the sweep's first step; None: idle
+        self._sweep_cpu = 0.0  # thread_time() then: the debug line tells CPU from waiting for a core
+        self._sweep_offers = 0
+        self._next_step: asyncio.Handle | None = None  # the sweep's next loop turn, when one is due
+        self._swept: asyncio.Event | None = None  # set when a sweep ends (``wait_published`` waits on it)
 
     def append(self, event: str, data: dict[str, Any], record: JobRecord, *,
                emitted_at: float | None = None) -> StoredEvent:
@@ -129,15 +151,22 @@ class EventChannel:
         return stored
 
     async def wait_published(self) -> None:
-        """Until every event numbered so far is published (committed, or its write failed)."""
+        """Until every event numbered so far is published (committed, or its write failed) and offered to
+        every live subscriber."""
         if self._pending:
             await asyncio.wait([future for _, future in self._pending])
             await asyncio.sleep(0)  # the done callbacks run one loop turn after the futures complete
+        while self._sweep_started is not None:
+            if self._swept is None:
+                self._swept = asyncio.Event()
+            self._swept.clear()
+            await self._swept.wait()
 
     def delete(self) -> None:
         """The job is being deleted. Its subscribers end once they have handed out what is published or
         still being committed (a job pruned as it finishes still sends its terminal event live)."""
         self.deleted = True
+        self._finish_sweep()  # what was published goes out before the subscribers look at the flag
         for subscriber in tuple(self._subscribers):
             subscriber.wake()
 
@@ -175,19 +204,71 @@ class EventChannel:
         if self.metrics is not None:
             for stored in ready:
                 self.metrics.event_published(stored.event)
-        published_at, started = time.time(), time.perf_counter()
-        batch = FrameBatch(ready)
-        subscribers = tuple(self._subscribers)
-        for subscriber in subscribers:
-            subscriber.offer_batch(batch)
         if log.isEnabledFor(logging.DEBUG):  # the load benchmark's perf counters (bench/sse_load.py)
-            fan_out_ms = 1000 * (time.perf_counter() - started)
+            published_at = time.time()
             for stored in ready:
-                log.debug("published job=%s seq=%d t=%.6f subscribers=%d fan_out_ms=%.3f", self.job_id,
-                          stored.seq, published_at, len(subscribers), fan_out_ms)
+                log.debug("published job=%s seq=%d t=%.6f", self.job_id, stored.seq, published_at)
+        self._backlog.extend(ready)
+        self._batches.clear()  # every batch now ends at the new head
+        if self._sweep_started is None:
+            self._sweep_started, self._sweep_cpu, self._sweep_offers = time.perf_counter(), time.thread_time(), 0
+            self._sweep_step()
+        if self.ended:
+            # the terminal event ends every stream: write it to all at once, before their tasks wake to
+            # end the responses (a task that ends its response mid-sweep would delay the rest)
+            self._finish_sweep()
+
+    def _sweep_step(self, chunk: int | None = None) -> None:
+        """Offer the backlog to the next ``chunk`` (default ``SWEEP_CHUNK``) subscribers behind it; come back
+        next loop turn while any subscriber is behind, else end the sweep."""
+        self._next_step = None
+        chunk = chunk or SWEEP_CHUNK
+        if self._sweep_started is None:
+            return  # finished early (``_finish_sweep``)
+        backlog, to_visit = self._backlog, self._to_visit
+        head = backlog[-1].seq
+        for _ in range(chunk):
+            if not to_visit:
+                to_visit.extend(s for s in self._subscribers if s.offered_seq < head and not s.ended)
+                if not to_visit:
+                    self._end_sweep(head)
+                    return
+            subscriber = to_visit.popleft()
+            after = subscriber.offered_seq
+            if after >= head or subscriber.ended:
+                continue
+            batch = self._batches.get(after)
+            if batch is None:  # seqs in the backlog are contiguous: the events after ``after`` are a tail
+                batch = self._batches[after] = FrameBatch(backlog[max(0, after + 1 - backlog[0].seq):])
+            subscriber.offer_batch(batch)
+            self._sweep_offers += 1
+        if self._next_step is None:
+            self._next_step = asyncio.get_running_loop().call_soon(self._sweep_step)
+
+    def _end_sweep(self, head: int) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # the load benchmark's perf counters (bench/sse_load.py)
+            log.debug("swept job=%s seq=%d subscribers=%d offers=%d sweep_ms=%.3f cpu_ms=%.3f", self.job_id,
+                      head, len(self._subscribers), self._sweep_offers,
+                      1000 * (time.perf_counter() - self._sweep_started),
+                      1000 * (time.thread_time() - self._sweep_cpu))
+        self._backlog.clear()
+        self._batches.clear()
+        self._sweep_started = None
+        if self._next_step is not None:
+            self._next_step.cancel()
+            self._next_step = None
+        if self._swept is not None:
+            self._swept.set()
+
+    def _finish_sweep(self) -> None:
+        """Offer everything published to every subscriber now, without giving the loop back (before the
+        subscribers are told the channel is deleted or broken: they end once they have it all)."""
+        while self._sweep_started is not None:
+            self._sweep_step(chunk=len(self._subscribers) + 1)
 
     def _break(self, stored: StoredEvent, error: BaseException) -> None:
         self.broken = True
+        self._finish_sweep()
         log.warning("job %s: event %d (%s) was not saved, so it is not sent; ending the job's streams",
                     self.job_id, stored.seq, stored.event)
         for subscriber in tuple(self._subscribers):

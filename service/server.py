@@ -39,6 +39,11 @@ def serve(settings: Settings) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # uvloop has no Windows build
         loop_factory = asyncio.new_event_loop
+    # The event loop holds the GIL through its socket writes (uvloop writes without releasing it), and the
+    # store's writer thread needs the GIL to hand each commit back; at Python's default switch interval
+    # (5 ms) a commit under a busy fan-out waits up to 5 ms per hand-over. 0.5 ms keeps the commit, and so
+    # every live event, that much sooner (issue 15, docs/benchmarks.md).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         code = runner.run(_serve(settings))
     # Jobs are reaped, sockets closed, logs flushed below: the interpreter's teardown of the torch
@@ -49,6 +54,7 @@ def serve(settings: Settings) -> int:
     os._exit(code)
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
 # Connections the kernel queues until they are accepted (aiohttp's default is 128). Beyond the queue a burst
 # of clients is held in handshake retries for many seconds, not answered; in it they are accepted, then
 # served or refused with a 503 at once (Linux caps it at net.core.somaxconn).

@@ -30,6 +30,7 @@ class Subscriber:
         self._channel = channel
         self._capacity = capacity
         self._cursor = after_seq  # seq of the last event handed out or written to the sink
+        self.offered_seq = after_seq  # seq of the last live event offered (written, queued or skipped)
         self._replay: deque[StoredEvent] = deque()  # the current replay page
         self._live: deque[StoredEvent] | None = None  # None while replaying
         self._wakeup = asyncio.Event()
@@ -79,8 +80,10 @@ class Subscriber:
         self._wakeup.set()
 
     def offer_batch(self, batch: FrameBatch) -> None:
-        """Called by the channel for each publish (live phase only); never blocks. The fast path: nothing
-        queued, so the batch goes to the sink at once and the task sleeps on."""
+        """Called by the channel's sweep with the events published after ``offered_seq`` (live phase only);
+        never blocks. The fast path: nothing queued, so the batch goes to the sink at once and the task
+        sleeps on."""
+        self.offered_seq = batch.last_seq
         sink, live = self.sink, self._live
         if (sink is not None and live is not None and not live and not self._holding and not self.ended
                 and batch.first_seq > self._cursor and sink.write(batch)):
@@ -166,6 +169,7 @@ class Subscriber:
             log.warning("job %s: store has no events after %d but %d are published; following live",
                         channel.job_id, self._cursor, channel.published_seq)
         self._live = deque()
+        self.offered_seq = self._cursor
         channel._attach(self)
 
     def _make_room(self, live: deque[StoredEvent], incoming: StoredEvent) -> bool:

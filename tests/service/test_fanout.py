@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from snnmon_client import event_channel
 
-from service import api, stream
+from service import api, events, stream
 from service.events import EventChannel, FrameBatch
 from service.sqlite_store import SQLiteJobStore
 
@@ -180,6 +180,110 @@ def test_the_terminal_event_through_the_sink_ends_the_subscriber(tmp_path):
 
     handed, ended, count, writes, stopped = asyncio.run(scenario())
     assert handed == [] and ended and count == 0 and writes == [stopped.frame]
+
+
+class TickingSink(RecordingSink):
+    """A ``RecordingSink`` that also records the loop turn (``Ticker.turn``) of each write."""
+
+    def __init__(self, ticker: "Ticker") -> None:
+        super().__init__()
+        self.ticker = ticker
+        self.turns: list[int] = []
+
+    def write(self, batch: FrameBatch) -> bool:
+        self.turns.append(self.ticker.turn)
+        return super().write(batch)
+
+
+class Ticker:
+    """Counts event-loop turns: a task that yields once a turn."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.turn += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def _live_subscribers(channel: EventChannel, record, count: int, ticker: Ticker):
+    channel.append("config", {}, record)
+    await channel.store.release()
+    await channel.wait_published()
+    sinks = [TickingSink(ticker) for _ in range(count)]
+    waiting = [asyncio.create_task((await _go_live(channel, sink)).next_events(timeout=5)) for sink in sinks]
+    await asyncio.sleep(0.01)  # every stream task asleep, as a live stream's is
+    return sinks, waiting
+
+
+def test_a_sweep_gives_the_loop_back_every_chunk_and_a_commit_landing_mid_sweep_joins_it(tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(events, "SWEEP_CHUNK", 2)
+
+    async def scenario():
+        async with event_channel(tmp_path, GatedStore) as (channel, record):
+            ticker = Ticker()
+            sinks, waiting = await _live_subscribers(channel, record, 8, ticker)
+            first = channel.append("batch", {"i": 0}, record).frame
+            second = channel.append("batch", {"i": 1}, record).frame
+            (first_commit, first_done), (second_commit, second_done) = channel.store.held
+            await first_commit
+            await second_commit
+            first_done.set_result(None)  # the first commits alone: its sweep starts
+            while not any(sink.writes for sink in sinks):
+                await asyncio.sleep(0)
+            second_done.set_result(None)  # the second lands while the first is on its way
+            await channel.wait_published()
+            ticker.stop()
+            assert not any(task.done() for task in waiting)  # every write went past the sleeping tasks
+            return sinks, first, second
+
+    sinks, first, second = asyncio.run(scenario())
+    for sink in sinks:  # each got both, in order, each event once
+        assert b"".join(sink.writes) == first + second
+    merged = [sink for sink in sinks if sink.writes == [first + second]]
+    visited_before = [sink for sink in sinks if sink.writes == [first, second]]
+    # the subscribers the first sweep had not reached got both events in one write; the ones it had
+    # reached got the second in the next pass; fewer writes than one per event and subscriber
+    assert merged and visited_before and len(merged) + len(visited_before) == 8
+    # two subscribers a loop turn: the first event's writes spread over at least four turns
+    assert len({sink.turns[0] for sink in sinks}) >= 4
+
+
+def test_the_terminal_event_goes_to_every_subscriber_in_one_turn_and_so_does_a_delete(tmp_path, monkeypatch):
+    monkeypatch.setattr(events, "SWEEP_CHUNK", 2)
+
+    async def scenario(end):
+        async with event_channel(tmp_path / end, GatedStore) as (channel, record):
+            ticker = Ticker()
+            sinks, waiting = await _live_subscribers(channel, record, 8, ticker)
+            if end == "completed":
+                last = channel.append("completed", {}, record).frame
+                await channel.store.release()
+                await channel.wait_published()
+            else:  # the job is deleted just after an event's sweep began: the event still reaches all
+                last = channel.append("batch", {"i": 0}, record).frame
+                await channel.store.release()
+                while not any(sink.writes for sink in sinks):
+                    await asyncio.sleep(0)
+                reached = sum(bool(sink.writes) for sink in sinks)
+                channel.delete()
+                assert 0 < reached < len(sinks)  # deleted mid-sweep
+            await asyncio.wait(waiting, timeout=5)  # the woken tasks end their subscribers
+            ticker.stop()
+            return sinks, last
+
+    for end in ("completed", "deleted"):
+        (tmp_path / end).mkdir()
+        sinks, last = asyncio.run(scenario(end))
+        assert all(sink.writes == [last] for sink in sinks), end
+        if end == "completed":
+            assert len({sink.turns[0] for sink in sinks}) == 1  # no loop turn between the first and last
 
 
 # -- through the stream handler, on real sockets
