@@ -44,6 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 READY_LINE = re.compile(r"snnmon: serving on http://([\d.]+):(\d+)")
 NUMBERED = re.compile(r"numbered job=(\w+) seq=(\d+) event=(\w+) t=([\d.]+)(?: mono=[\d.]+ emitted=([\d.]+|nan))?")
 PUBLISHED = re.compile(r"published job=(\w+) seq=(\d+) t=([\d.]+)(?: subscribers=(\d+) fan_out_ms=([\d.]+))?")
+# Since the sweeping fan-out: one line per sweep (it may carry several publishes), its offers (one write to
+# each subscriber whose socket takes it), its time, and the server thread's CPU time in it.
+SWEPT = re.compile(r"swept job=(\w+) seq=\d+ subscribers=(\d+) offers=(\d+) sweep_ms=([\d.]+) cpu_ms=([\d.]+)")
 # A numbered frame as the server writes it (orjson puts "event" first); heartbeats and comments have no id.
 FRAME = re.compile(rb'id: (\d+)\ndata: {"event":"(\w+)"[^\n]*\n\n')
 CONNECT_AT_ONCE = 100  # connections opened concurrently (aiohttp's listen backlog is 128)
@@ -409,7 +412,7 @@ async def _sample_rss(server: Server, samples: list[int], stop: asyncio.Event) -
 
 
 async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int, live_s: float,
-                   client_procs: int, epochs: int = 100) -> dict[str, Any]:
+                   client_procs: int, epochs: int = 100, per_event: Path | None = None) -> dict[str, Any]:
     """``subscribers`` fast clients and ``stalled`` stalled ones, round-robin over ``jobs`` running jobs,
     for ``live_s`` seconds from the moment all are connected; then the jobs are stopped."""
     warm = await start_job(server, **small_job(epochs=1, seed=1))  # torch imported, a worker run
@@ -448,6 +451,9 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
     # one fan-out per group of events published together: count each group once, with all subscribers on
     fan_outs = list({(job, t): float(ms) for job, seq, t, subs, ms in found
                      if ms and job in job_ids and int(subs) >= subscribers // jobs}.values())
+    sweeps = [(int(offers), float(ms), float(cpu)) for job, subs, offers, ms, cpu in SWEPT.findall(log_text)
+              if job in job_ids and int(subs) >= subscribers // jobs]
+    fan_outs += [ms for _, ms, _ in sweeps]
     commits = [published[(job, seq)] - numbered_at for job in job_ids
                for seq, (_, numbered_at, _) in numbered[job].items()
                if numbered_at >= connected_at + SETTLE_S and (job, seq) in published]
@@ -473,6 +479,10 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
             key = (job, seq)
             per_event_worst[key] = max(per_event_worst.get(key, 0.0), t_wall - numbered_at)
     worst = list(per_event_worst.values())
+    if per_event is not None:  # one line per live event: when it was numbered, its name, its last client
+        per_event.write_text("".join(
+            f"{job} {seq} {numbered[job][seq][0]} {numbered[job][seq][1]:.6f} {1000 * late:.1f}\n"
+            for (job, seq), late in sorted(per_event_worst.items(), key=lambda item: numbered[item[0][0]][item[0][1]][1])))
     live_events = sum(1 for job in job_ids for (_, t, _) in numbered[job].values() if t >= connected_at + SETTLE_S)
     ms = lambda values, q: round(1000 * percentile(values, q), 1)  # noqa: E731
     return {
@@ -484,6 +494,13 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
         "numbered_to_published_ms": {"p50": ms(commits, 0.5), "p99": ms(commits, 0.99), "max": ms(commits, 1.0)},
         "fan_out_ms": ({"p50": round(percentile(fan_outs, 0.5), 2), "p99": round(percentile(fan_outs, 0.99), 2),
                         "max": round(percentile(fan_outs, 1.0), 2), "count": len(fan_outs)} if fan_outs else None),
+        # writes per published event and subscriber: 1 when every publish is its own fan-out, fewer when a
+        # sweep takes the events published during it to the subscribers it has not reached yet
+        "writes_per_event_per_subscriber": (round(sum(o for o, _, _ in sweeps)
+                                                  / max(1, sum(job in job_ids for job, _ in published))
+                                                  / subscribers * jobs, 3) if sweeps else None),
+        "sweep_cpu_ms": ({"p50": round(percentile([c for _, _, c in sweeps], 0.5), 2),
+                          "p99": round(percentile([c for _, _, c in sweeps], 0.99), 2)} if sweeps else None),
         "every_client_latency_ms": {"p50": ms(worst, 0.5), "p99": ms(worst, 0.99), "max": ms(worst, 1.0)},
         "emit_latency_ms": ({"p50": ms(emit_latencies, 0.5), "p99": ms(emit_latencies, 0.99),
                              "max": ms(emit_latencies, 1.0)} if emit_latencies else None),
@@ -563,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, write its stats here")
     parser.add_argument("--keep-log", type=Path, help="copy the server's log here")
+    parser.add_argument("--per-event", type=Path,
+                        help="write each live event's job, seq, name, numbering time and last client's latency (ms)")
     args = parser.parse_args(argv)
 
     _raise_fd_limit()
@@ -578,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.scenario == "live":
                 result = asyncio.run(run_live(server, jobs=args.jobs, subscribers=args.subscribers,
                                               stalled=args.stalled, live_s=args.live_s,
-                                              client_procs=args.client_procs))
+                                              client_procs=args.client_procs, per_event=args.per_event))
             else:
                 result = asyncio.run(run_replay(server, job_id, args.events, args.repeats))
         finally:
