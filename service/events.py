@@ -240,7 +240,11 @@ class EventChannel:
             batch = self._batches.get(after)
             if batch is None:  # seqs in the backlog are contiguous: the events after ``after`` are a tail
                 batch = self._batches[after] = FrameBatch(backlog[max(0, after + 1 - backlog[0].seq):])
-            subscriber.offer_batch(batch)
+            try:
+                subscriber.offer_batch(batch)
+            except Exception:  # a bug in one stream must not stall the sweep for every other one
+                log.exception("job %s: writing to a stream failed; ending that stream", self.job_id)
+                subscriber.close()
             self._sweep_offers += 1
         if self._next_step is None:
             self._next_step = asyncio.get_running_loop().call_soon(self._sweep_step)

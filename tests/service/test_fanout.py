@@ -286,6 +286,27 @@ def test_the_terminal_event_goes_to_every_subscriber_in_one_turn_and_so_does_a_d
             assert len({sink.turns[0] for sink in sinks}) == 1  # no loop turn between the first and last
 
 
+def test_a_stream_whose_write_raises_is_ended_and_the_sweep_goes_on(tmp_path, caplog):
+    class BrokenSink(RecordingSink):
+        def write(self, batch: FrameBatch) -> bool:
+            raise ValueError("a bug in one stream's writer")
+
+    async def scenario():
+        async with event_channel(tmp_path) as (channel, record):
+            channel.append("config", {}, record)
+            await channel.wait_published()
+            sinks = [RecordingSink(), BrokenSink(), RecordingSink()]
+            subscribers = [await _go_live(channel, sink) for sink in sinks]
+            frame = channel.append("batch", {"i": 0}, record).frame
+            await channel.wait_published()
+            return sinks, subscribers, frame
+
+    sinks, subscribers, frame = asyncio.run(scenario())
+    assert sinks[0].writes == sinks[2].writes == [frame]
+    assert subscribers[1].ended and not subscribers[0].ended and not subscribers[2].ended
+    assert "writing to a stream failed" in caplog.text
+
+
 # -- through the stream handler, on real sockets
 
 def _stream_app(channel: EventChannel) -> web.Application:
