@@ -5,9 +5,11 @@
 
 Each config runs in a fresh Python process through ``trainer.train.train``, exactly as a job does,
 except that every batch iterator yields only its first batch: one optimiser step, then one validation
-batch (of max(batch_size, 256), as a real epoch's validation). The peak is the child's maximum resident
-set size as the kernel reports it when the child is reaped (``os.wait4``), the same high-water mark
-(``VmHWM``) the server's watcher reads while a job runs.
+batch (of max(batch_size, 256), as a real epoch's validation). The peak is the child's own high-water
+mark of resident memory (``VmHWM`` in /proc/self/status, read as its last act), the mark the server's
+watcher reads while a job runs. Not ``ru_maxrss`` from ``os.wait4``: Linux carries the parent's resident
+size at fork into the child's ``ru_maxrss`` across exec, so a child of a 1.4 GiB pytest process reports
+at least 1.4 GiB whatever it ran (CI failed on exactly that).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ train.train(TrainConfig.from_dict(json.loads(sys.argv[1])), lambda name, payload
             device="cpu", allow_download=False)
 assert events[-1] == "completed", events
 """
+# Appended to every child: VmHWM belongs to the child's address space, which exec made fresh, so the
+# parent's size is not in it.
+_REPORT_PEAK = """
+status = open("/proc/self/status").read()
+print("VmHWM", int(status.split("VmHWM:")[1].split()[0]) * 1024)
+"""
 
 # Small enough for CI (seconds each on 2 cores), varied enough to exercise every term of the estimate:
 # fused and per-step cells, direct and rate encoding, both networks, wide and deep layers.
@@ -67,18 +75,23 @@ FULL_CONFIGS: tuple[dict, ...] = (
 )
 
 
+def run_measured(code: str, *args: str) -> tuple[int, float]:
+    """Run ``python -c code args...`` in a fresh process; its peak resident bytes and CPU seconds."""
+    process = subprocess.Popen([sys.executable, "-c", code + _REPORT_PEAK, *args],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = process.stdout.read().decode(errors="replace")  # one pipe: two could fill and deadlock
+    process.stdout.close()
+    _, status, usage = os.wait4(process.pid, 0)  # for the CPU time (its ru_maxrss: see the docstring)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"measured child {args} failed:\n{output}")
+    return int(output.rsplit("VmHWM", 1)[1]), usage.ru_utime + usage.ru_stime
+
+
 def measure_peak_rss(config: dict, threads: int = 1) -> tuple[int, float]:
     """Peak resident bytes, and CPU seconds, of a fresh process that runs one step and one validation
     batch of ``config``."""
-    process = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps({"seed": 1, **config}), str(threads)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    error = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    if process.returncode != 0:
-        raise RuntimeError(f"calibration run of {config} failed:\n{error}")
-    return usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime  # Linux reports kilobytes
+    return run_measured(_CHILD, json.dumps({"seed": 1, **config}), str(threads))
 
 
 def main() -> None:

@@ -39,12 +39,12 @@ MIB = 1 << 20
 GIB = 1 << 30
 FLOAT = 4  # bytes: every activation and parameter is float32
 
-# Measured: a fresh worker's peak with the tiniest config and no data (torch 2.14 CUDA build, CPU job):
-# the import is ~690 MiB, Adam's first step imports ~150 MiB more, one validation batch ~130 MiB. The same
-# code on the same machine later measured 0.2 GiB less (the import: ~510 MiB; what a process keeps resident
-# of torch's libraries varies with the kernel's memory state), so the baseline sits between the two: every
-# quick config is within 30% in both (docs/benchmarks.md, "Memory admission").
-WORKER_BASELINE_BYTES = 810 * MIB
+# Measured: a fresh worker's peak with the tiniest config and no data (torch 2.14 CUDA build, CPU job).
+# A bare ``import torch`` peaks at 510 to 690 MiB on the same machine and code, day to day (what the
+# process keeps resident of torch's mapped libraries varies with the kernel's memory state); Adam's
+# first step and one validation batch add ~150 and ~130 MiB. 660 MiB keeps every quick config within 30%
+# of its peak in both states (docs/benchmarks.md, "Memory admission").
+WORKER_BASELINE_BYTES = 660 * MIB
 # By the dataset's kind (trainer.catalog.DATASETS): building the synthetic set (7,000 images) peaks at
 # ~170 MiB of float temporaries; loading MNIST's 70,000 uint8 images (55 MB) from gzip measured ~15 MiB
 # less (Fashion-MNIST and KMNIST have the same sizes); N-MNIST holds 4 bytes per event, about 1.1 GB for
