@@ -46,7 +46,9 @@ NUMBERED = re.compile(r"numbered job=(\w+) seq=(\d+) event=(\w+) t=([\d.]+)(?: m
 PUBLISHED = re.compile(r"published job=(\w+) seq=(\d+) t=([\d.]+)(?: subscribers=(\d+) fan_out_ms=([\d.]+))?")
 # Since the sweeping fan-out: one line per sweep (it may carry several publishes), its offers (one write to
 # each subscriber whose socket takes it), its time, and the server thread's CPU time in it.
-SWEPT = re.compile(r"swept job=(\w+) seq=\d+ subscribers=(\d+) offers=(\d+) sweep_ms=([\d.]+) cpu_ms=([\d.]+)")
+SWEPT = re.compile(r"swept job=(\w+) seq=(\d+) subscribers=(\d+) offers=(\d+) sweep_ms=([\d.]+) cpu_ms=([\d.]+)"
+                   r"(?: t=([\d.]+))?")
+COVERED = re.compile(r"covered job=(\w+) seq=(\d+) t=([\d.]+)")
 # A numbered frame as the server writes it (orjson puts "event" first); heartbeats and comments have no id.
 FRAME = re.compile(rb'id: (\d+)\ndata: {"event":"(\w+)"[^\n]*\n\n')
 CONNECT_AT_ONCE = 100  # connections opened concurrently (aiohttp's listen backlog is 128)
@@ -451,8 +453,25 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
     # one fan-out per group of events published together: count each group once, with all subscribers on
     fan_outs = list({(job, t): float(ms) for job, seq, t, subs, ms in found
                      if ms and job in job_ids and int(subs) >= subscribers // jobs}.values())
-    sweeps = [(int(offers), float(ms), float(cpu)) for job, subs, offers, ms, cpu in SWEPT.findall(log_text)
-              if job in job_ids and int(subs) >= subscribers // jobs]
+    swept = [(job, int(head), int(subs), int(offers), float(ms), float(cpu), float(t) if t else math.nan)
+             for job, head, subs, offers, ms, cpu, t in SWEPT.findall(log_text)]
+    sweeps = [(offers, ms, cpu) for job, _, subs, offers, ms, cpu, _ in swept
+              if job in job_ids and subs >= subscribers // jobs]
+    # The server's side alone: from numbering an event to the moment it had been offered to every subscriber
+    # (written to each socket, or queued for a subscriber that is behind), before any client has had the CPU
+    # to read it: the first ``covered`` line (a pass of a sweep ending) or ``swept`` line (the sweep ending)
+    # at or past its seq, after its publish.
+    covered = [(job, int(seq), float(t)) for job, seq, t in COVERED.findall(log_text)]
+    covered += [(job, head, t) for job, head, *_, t in swept if not math.isnan(t)]
+    written = []
+    for job in job_ids:
+        ends = sorted((t, head) for j, head, t in covered if j == job)
+        for seq, (_, numbered_at, _) in numbered[job].items():
+            if numbered_at < connected_at + SETTLE_S or (job, seq) not in published:
+                continue
+            end = next((t for t, head in ends if head >= seq and t >= published[(job, seq)]), None)
+            if end is not None:
+                written.append(end - numbered_at)
     fan_outs += [ms for _, ms, _ in sweeps]
     commits = [published[(job, seq)] - numbered_at for job in job_ids
                for seq, (_, numbered_at, _) in numbered[job].items()
@@ -492,6 +511,8 @@ async def run_live(server: Server, *, jobs: int, subscribers: int, stalled: int,
         "batch_events_skipped": skipped,
         "latency_ms": {"p50": ms(latencies, 0.5), "p99": ms(latencies, 0.99), "max": ms(latencies, 1.0)},
         "numbered_to_published_ms": {"p50": ms(commits, 0.5), "p99": ms(commits, 0.99), "max": ms(commits, 1.0)},
+        "numbered_to_written_to_all_ms": ({"p50": ms(written, 0.5), "p99": ms(written, 0.99),
+                                           "max": ms(written, 1.0)} if written else None),
         "fan_out_ms": ({"p50": round(percentile(fan_outs, 0.5), 2), "p99": round(percentile(fan_outs, 0.99), 2),
                         "max": round(percentile(fan_outs, 1.0), 2), "count": len(fan_outs)} if fan_outs else None),
         # writes per published event and subscriber: 1 when every publish is its own fan-out, fewer when a

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from service.prometheus import ServiceMetrics
 
 log = logging.getLogger("snnmon.events")
+_offered_seq = operator.attrgetter("offered_seq")
 
 # Subscribers written per loop turn of a sweep: about 1 to 4 ms of loopback writes, so commits, numbering
 # and requests wait at most that long for the loop while a thousand subscribers are written.
@@ -130,6 +132,7 @@ class EventChannel:
         self._sweep_offers = 0
         self._next_step: asyncio.Handle | None = None  # the sweep's next loop turn, when one is due
         self._swept: asyncio.Event | None = None  # set when a sweep ends (``wait_published`` waits on it)
+        self._covered = head_seq  # debug log only: the last seq logged as offered to every subscriber
 
     def append(self, event: str, data: dict[str, Any], record: JobRecord, *,
                emitted_at: float | None = None) -> StoredEvent:
@@ -229,10 +232,13 @@ class EventChannel:
         head = backlog[-1].seq
         for _ in range(chunk):
             if not to_visit:
-                to_visit.extend(s for s in self._subscribers if s.offered_seq < head and not s.ended)
-                if not to_visit:
+                behind = [s for s in self._subscribers if s.offered_seq < head and not s.ended]
+                if not behind:
                     self._end_sweep(head)
                     return
+                # furthest behind first: the events that have waited longest reach everyone first
+                behind.sort(key=_offered_seq)
+                to_visit.extend(behind)
             subscriber = to_visit.popleft()
             after = subscriber.offered_seq
             if after >= head or subscriber.ended:
@@ -246,15 +252,22 @@ class EventChannel:
                 log.exception("job %s: writing to a stream failed; ending that stream", self.job_id)
                 subscriber.close()
             self._sweep_offers += 1
+        if to_visit and log.isEnabledFor(logging.DEBUG):  # bench/sse_load.py: every subscriber has been
+            # offered the events up to the position of the next one to visit (the pass goes oldest first)
+            covered = to_visit[0].offered_seq
+            if covered > self._covered:
+                self._covered = covered
+                log.debug("covered job=%s seq=%d t=%.6f", self.job_id, covered, time.time())
         if self._next_step is None:
             self._next_step = asyncio.get_running_loop().call_soon(self._sweep_step)
 
     def _end_sweep(self, head: int) -> None:
         if log.isEnabledFor(logging.DEBUG):  # the load benchmark's perf counters (bench/sse_load.py)
-            log.debug("swept job=%s seq=%d subscribers=%d offers=%d sweep_ms=%.3f cpu_ms=%.3f", self.job_id,
+            log.debug("swept job=%s seq=%d subscribers=%d offers=%d sweep_ms=%.3f cpu_ms=%.3f t=%.6f", self.job_id,
                       head, len(self._subscribers), self._sweep_offers,
                       1000 * (time.perf_counter() - self._sweep_started),
-                      1000 * (time.thread_time() - self._sweep_cpu))
+                      1000 * (time.thread_time() - self._sweep_cpu), time.time())
+        self._covered = head
         self._backlog.clear()
         self._batches.clear()
         self._sweep_started = None

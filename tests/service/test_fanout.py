@@ -255,6 +255,49 @@ def test_a_sweep_gives_the_loop_back_every_chunk_and_a_commit_landing_mid_sweep_
     assert len({sink.turns[0] for sink in sinks}) >= 4
 
 
+class TurningSet(set):
+    """A set whose iteration order reverses at each pass over it, as a Python set's order may change when
+    it grows or shrinks: the sweep must not depend on the order it happens to have."""
+
+    passes = 0
+
+    def __iter__(self):
+        TurningSet.passes += 1
+        members = list(super().__iter__())
+        return iter(members if TurningSet.passes % 2 else members[::-1])
+
+
+def test_a_pass_goes_to_the_subscribers_furthest_behind_first(tmp_path, monkeypatch):
+    """Three commits land one after another during a sweep of 40 subscribers (2 a loop turn): after the
+    first pass some subscribers are at the first event, some at the second, the rest at the third. The
+    next pass writes to those holding the oldest event first, whatever order the set gives."""
+    monkeypatch.setattr(events, "SWEEP_CHUNK", 2)
+
+    async def scenario():
+        async with event_channel(tmp_path, GatedStore) as (channel, record):
+            ticker = Ticker()
+            sinks, waiting = await _live_subscribers(channel, record, 40, ticker)
+            channel._subscribers = TurningSet(channel._subscribers)
+            frames = [channel.append("batch", {"i": i}, record).frame for i in range(3)]
+            held = channel.store.held
+            for committed, _ in held:
+                await committed
+            for index, (_, done) in enumerate(held):
+                done.set_result(None)  # the first starts the sweep; each next one lands mid-pass
+                while sum(bool(sink.writes) for sink in sinks) < 2 + 6 * index:
+                    await asyncio.sleep(0)
+            await channel.wait_published()
+            ticker.stop()
+            return sinks, frames
+
+    sinks, (first, second, third) = asyncio.run(scenario())
+    assert all(b"".join(sink.writes) == first + second + third for sink in sinks)
+    at_first = [sink for sink in sinks if sink.writes == [first, second + third]]
+    at_second = [sink for sink in sinks if sink.writes == [first + second, third]]
+    assert len(at_first) >= 2 and at_second  # positions differed when the second pass began
+    assert max(sink.turns[1] for sink in at_first) <= min(sink.turns[1] for sink in at_second)
+
+
 def test_the_terminal_event_goes_to_every_subscriber_in_one_turn_and_so_does_a_delete(tmp_path, monkeypatch):
     monkeypatch.setattr(events, "SWEEP_CHUNK", 2)
 
