@@ -59,7 +59,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None,
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[api.SETTINGS] = settings
     app[connections.HEADER_DEADLINES] = deadlines
-    app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir())
+    app[api.STORE] = store or SQLiteJobStore(settings.resolved_data_dir(), synchronous=settings.store_sync.upper())
     app[METRICS] = metrics
     metrics.watch(app, api.JOB_MANAGER, stream.OPEN_STREAMS)
     if hasattr(app[api.STORE], "on_commit"):

@@ -5,7 +5,9 @@ runs, so two servers never share a history. Writes go through one writer thread:
 queued since its last commit, applies them in one transaction (group commit) and then resolves their
 futures in the event loop, so an event is committed before it is fanned out. ``synchronous=FULL``
 fsyncs each commit, so a committed event survives the server being killed and the machine losing
-power; group commit keeps that to one fsync per batch, however many jobs write at once. Reads (replays,
+power; group commit keeps that to one fsync per batch, however many jobs write at once. (``snnmon serve
+--store-sync normal`` opens it at ``synchronous=NORMAL``: no fsync per commit; a server crash still loses
+nothing committed, a power cut may lose the last commits.) Reads (replays,
 exports, the start-up load) run on a small pool of reader threads, each with its own connection; WAL
 lets them read while the writer writes.
 

@@ -208,3 +208,30 @@ def test_only_loopback_may_go_without_a_token(host, loopback):
     assert (problem is None) is loopback
     assert service_settings.access_problem(service_settings.Settings(host=host, token="t")) is None
     assert service_settings.access_problem(service_settings.Settings(host=host, insecure=True)) is None
+
+
+def test_store_sync_is_full_unless_the_operator_picks_normal(tmp_path):
+    """``--store-sync`` / ``SNNMON_STORE_SYNC`` reach the SQLite connections the server's store opens:
+    FULL (2) fsyncs each commit, NORMAL (1) leaves a power cut's last commits to chance."""
+    from service import api
+    from service.app import create_app
+
+    assert service_settings.settings_from(_parse(), {}).store_sync == "full"
+    assert service_settings.settings_from(_parse(), {"SNNMON_STORE_SYNC": "NORMAL"}).store_sync == "normal"
+    assert service_settings.settings_from(_parse("--store-sync", "normal"), {"SNNMON_STORE_SYNC": "full"}
+                                          ).store_sync == "normal"
+    with pytest.raises(ValueError, match="SNNMON_STORE_SYNC='off'.*must be full or normal"):
+        service_settings.settings_from(_parse(), {"SNNMON_STORE_SYNC": "off"})
+
+    async def synchronous_level(mode: str) -> int:
+        app = create_app(service_settings.Settings(data_dir=str(tmp_path / mode), store_sync=mode))
+        store = app[api.STORE]
+        (tmp_path / mode).mkdir()
+        await store.open()
+        try:
+            return await store._read(lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0])
+        finally:
+            await store.close()
+
+    assert asyncio.run(synchronous_level("full")) == 2
+    assert asyncio.run(synchronous_level("normal")) == 1
