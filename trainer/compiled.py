@@ -33,6 +33,7 @@ its stderr is the server's log, whose lines may have to be JSON.
 
 from __future__ import annotations
 
+import _weakrefset
 import json
 import os
 import logging
@@ -41,6 +42,7 @@ import signal
 import statistics
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -84,6 +86,16 @@ log = logging.getLogger("snnmon.compile")  # the host decides where it goes; a w
 class CompileInterrupted(BaseException):
     """Raised in the main thread by SIGUSR1 when a stop comes during a compile; a BaseException, so
     torch's compiler (which turns ordinary exceptions into fallbacks) lets it through."""
+
+
+def _drops_exceptions(frame) -> bool:
+    """Python is running a weakref callback or a finaliser (garbage collection mid-compile): an exception
+    raised there is printed as "Exception ignored" and dropped, not propagated to the compile."""
+    code = frame.f_code if frame is not None else None
+    return code is not None and (code.co_name == "__del__" or code.co_filename in _WEAKREF_FILES)
+
+
+_WEAKREF_FILES = frozenset({weakref.__file__, _weakrefset.__file__})
 
 
 def cache_dir_for(data_dir: str | os.PathLike | None) -> Path:
@@ -324,18 +336,22 @@ class CompilingStep:
         use_cache_dir(self.records.cache_dir)
         if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
             return self.compiled(inputs, labels)
-        lock, done, interrupted = threading.Lock(), threading.Event(), threading.Event()
+        lock, done, interrupted, raised = threading.Lock(), threading.Event(), threading.Event(), threading.Event()
 
         def watch() -> None:
+            # once a stop is seen, signal again every poll until the compile is over: a signal whose
+            # handler ran where its exception is dropped (below) must not leave the compile running
             while not done.wait(STOP_POLL_S):
-                if self.should_stop():
+                if interrupted.is_set() or self.should_stop():
                     with lock:
                         if not done.is_set():
                             interrupted.set()
                             signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-                    return
 
         def on_interrupt(signum, frame) -> None:
+            if raised.is_set() or _drops_exceptions(frame):
+                return  # raised already, or it would be dropped here: the watcher's next signal lands elsewhere
+            raised.set()
             raise CompileInterrupted()
 
         previous = signal.signal(signal.SIGUSR1, on_interrupt)
