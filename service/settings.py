@@ -59,7 +59,7 @@ class Settings:
     ray_address: str | None = None  # the Ray cluster (auto, ray://host:port, host:port); None: a local instance
     # "full": every commit is fsynced, so a committed (and so possibly sent) event survives a power cut;
     # "normal": no fsync per commit (WAL), a server crash still loses nothing committed, a power cut may lose
-    # the last commits; about 10 ms less p99 latency for 1,000 SSE subscribers (docs/benchmarks.md)
+    # the last commits; about 7 ms less p99 latency for 1,000 SSE subscribers (docs/benchmarks.md)
     store_sync: str = "full"
 
     def resolved_data_dir(self) -> Path:
