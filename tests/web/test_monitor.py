@@ -59,8 +59,9 @@ def chart_lines(page, chart: str) -> list[dict]:
 
 
 def test_step_points_appear_before_the_first_epoch_and_match_the_batch_events(page, server, artifacts):
-    # Batch 8 on the synthetic set: 750 batches an epoch, so the first epoch takes a while.
-    job_id = start(server, epochs=3, batch_size=8)
+    # Batch 8 on the synthetic set: 750 batches an epoch, so the first epoch takes a while; 100 timesteps,
+    # so a while even on a quiet machine (at 25 the epoch ended before the stop landed in one full run)
+    job_id = start(server, epochs=3, batch_size=8, timesteps=100)
     open_dashboard(page, server, f"?job={job_id}")
     page.wait_for_function("window.snnmon.charts.loss.count('train') >= 20", timeout=JOB_TIMEOUT_MS)
     early = page.evaluate("({drawn: window.snnmon.charts.loss.count('train'), epochs: window.snnmon.runs[0].epochs.length,"
@@ -71,7 +72,9 @@ def test_step_points_appear_before_the_first_epoch_and_match_the_batch_events(pa
 
     server.api("POST", "/api/training/stop", {"job_id": job_id})
     wait_status(page, "stopped", timeout=30_000)
-    batches = [e["data"] for e in stored_events(server, job_id) if e["event"] == "batch"]
+    stored = stored_events(server, job_id)
+    assert not [e for e in stored if e["event"] == "epoch"], "the first epoch ended before the stop landed"
+    batches = [e["data"] for e in stored if e["event"] == "batch"]
     page.wait_for_function("n => window.snnmon.charts.loss.count('train') === n", arg=len(batches), timeout=5_000)
     # One point per batch event, at its step (counted from epoch and batch where the event has no step).
     steps = [b.get("step", b["epoch"] * b["n_batches"] + b["batch"] + 1) for b in batches]
