@@ -119,6 +119,41 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_an_epochs_events_go_out_together_once_its_checkpoint_is_written(tmp_path):
+    """The epoch event waits for the epoch's checkpoint: whoever reads it can fetch that checkpoint, and
+    the service gets the epoch's events in one burst (one fan-out to its subscribers, not three)."""
+    on_disk_at_epoch_event, events = [], []
+
+    def emit(event, data):
+        events.append(event)
+        if event == "epoch":
+            on_disk_at_epoch_event.append(checkpoint.read_metadata(tmp_path / "last.safetensors")["epoch"])
+
+    config = TrainConfig.from_dict({**TINY, "epochs": 2})
+    assert train_module.train(config, emit, checkpoints=Checkpoints(directory=tmp_path)) == "completed"
+    assert on_disk_at_epoch_event == ["0", "1"]
+    epoch_ends = [i for i, event in enumerate(events) if event == "epoch"]
+    for i in epoch_ends:  # nothing between an epoch event and its checkpoint events
+        assert events[i + 1] == "checkpoint", events
+
+
+def test_a_checkpoint_that_cannot_be_written_still_leaves_the_epoch_on_record(tmp_path):
+    writes = []
+
+    def disk_full_in_second_epoch(path):
+        writes.append(path.name)
+        if len(writes) > 3:
+            raise OSError(28, "No space left on device")
+
+    events = []
+    config = TrainConfig.from_dict({**TINY, "epochs": 2})
+    with pytest.raises(OSError, match="No space left"):
+        train_module.train(config, lambda e, d: events.append((e, d)),
+                           checkpoints=Checkpoints(directory=tmp_path, before_replace=disk_full_in_second_epoch))
+    assert [d["epoch"] for d in named(events, "epoch")] == [0, 1]
+    assert [(c["which"], c["epoch"]) for c in named(events, "checkpoint")] == [("last", 0), ("best", 0)]
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a safetensors file"):

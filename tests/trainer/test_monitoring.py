@@ -3,6 +3,7 @@ host read-back per batch (issue 14)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 
@@ -139,6 +140,30 @@ def test_diagnostics_report_a_plateau_once_and_silence_again_after_recovery():
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 
 
+def test_the_batch_event_interval_holds_across_an_epochs_start(monkeypatch):
+    """Epochs shorter than the interval: after the job's first batch, only each epoch's last goes out, so
+    no batch event lands right behind an epoch event."""
+    monkeypatch.setattr(train_module, "BATCH_EVENT_INTERVAL_S", 60.0)  # longer than the whole job
+    outcome, events = run({"epochs": 3, "hidden": [16]})
+    assert outcome == "completed"
+    assert [(d["epoch"], d["batch"]) for e, d in events if e == "batch"] == [(0, 0), (0, 46), (1, 46), (2, 46)]
+
+
+def test_an_epoch_whose_batches_run_out_early_still_counts_them(monkeypatch):
+    """A data iterator that stops before ``n_batches`` (as the memory calibration's does) leaves samples no
+    batch event reported: the epoch's means still cover them."""
+    whole = train_module.datasets.iterate_batches
+    monkeypatch.setattr(train_module.datasets, "iterate_batches",
+                        lambda *args, **kwargs: itertools.islice(whole(*args, **kwargs), 3))
+    monkeypatch.setattr(train_module, "BATCH_EVENT_INTERVAL_S", 60.0)
+    outcome, events = run({"epochs": 2, "hidden": [16]})
+    assert outcome == "completed"
+    assert [(d["epoch"], d["batch"]) for e, d in events if e == "batch"] == [(0, 0)]
+    first, second = (d for e, d in events if e == "epoch")
+    assert 0 < first["train_accuracy"] < 1 and 0 < second["train_accuracy"] < 1
+    assert first["step"] == 3 and second["step"] == 6
+
+
 def test_no_read_back_per_batch(monkeypatch):
     """Values come to the host only when an event goes out: batch events (here only each epoch's last
     batch, with throttling set very long), validation and the epoch's layer stats."""
@@ -160,6 +185,7 @@ def test_no_read_back_per_batch(monkeypatch):
     assert outcome == "completed"
     n_batches = next(d for e, d in events if e == "batch")["n_batches"]
     assert n_batches == 47
-    assert len([e for e, _ in events if e == "batch"]) == 2
-    # per epoch: one read for its batch event, one for validation, one for the layer stats
-    assert len(reads) == 2 * 3, reads
+    # the job's first batch goes out at once; after that, only each epoch's last
+    assert [(d["epoch"], d["batch"]) for e, d in events if e == "batch"] == [(0, 0), (0, 46), (1, 46)]
+    # one read for each batch event, and per epoch one for validation and one for the layer stats
+    assert len(reads) == 3 + 2 * 2, reads
